@@ -1,0 +1,51 @@
+"""One error family. Every message says what went wrong, where, and how to fix it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class FlotillaError(Exception):
+    """Base of every error Flotilla raises on purpose; the CLI prints it without a traceback."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an input file: where (field path, line) and what is allowed."""
+
+    location: str
+    message: str
+    line: int | None = None
+
+    def render(self, source: str) -> str:
+        where = f"{source}:{self.line}" if self.line else source
+        field = f" {self.location}:" if self.location else ""
+        return f"{where}:{field} {self.message}"
+
+
+class SpecError(FlotillaError):
+    """A request or workflow spec is invalid. Carries every problem found, not just the first."""
+
+    exit_code = 2
+
+    def __init__(self, source: str, problems: list[Problem]):
+        self.source = source
+        self.problems = problems
+        count = len(problems)
+        lines = [f"{source} is not valid ({count} problem{'s' if count != 1 else ''}):"]
+        lines += [f"  {p.render(source)}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+class RunError(FlotillaError):
+    """A run could not start or continue (bad repository, unknown run key, store unreachable)."""
+
+
+class GitError(FlotillaError):
+    """A git command failed; the message carries the command and git's own words."""
+
+
+class AgentError(FlotillaError):
+    """An agent could not be started (executable missing, bad template)."""

@@ -1,0 +1,167 @@
+"""What runs produce: test reports, unit records (the ledger), the feature result.
+
+These models cross process boundaries (Prefect pickles results, the store holds JSON), so they
+live at module level and carry only plain data.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UnitStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+    SKIPPED = "skipped"
+
+    @property
+    def is_final(self) -> bool:
+        return self not in (UnitStatus.PENDING, UnitStatus.RUNNING)
+
+
+class FailureClass(StrEnum):
+    AGENT_FAILED = "agent_failed"
+    TESTS_FAILED = "tests_failed"
+    TIMED_OUT = "timed_out"
+    RATE_LIMITED = "rate_limited"
+    MERGE_CONFLICT = "merge_conflict"
+    ERROR = "error"
+
+
+class TestReport(BaseModel):
+    """One run of a test command, parsed from JUnit XML when there is some, else exit code."""
+
+    __test__ = False  # not a pytest class
+
+    command: str = ""
+    exit_code: int | None = None
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    skipped: int = 0
+    duration_s: float = 0.0
+    failing_tests: list[str] = Field(default_factory=list)
+    output_tail: str = ""
+    source: str = "exit-code"  # "junit", "pytest-summary" or "exit-code"
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+    def one_line(self) -> str:
+        if self.exit_code is None:
+            return "no tests run"
+        verdict = "passed" if self.ok else ("timed out" if self.timed_out else "FAILED")
+        counts = [
+            f"{n} {label}"
+            for n, label in (
+                (self.passed, "passed"),
+                (self.failed, "failed"),
+                (self.errors, "errors"),
+                (self.skipped, "skipped"),
+            )
+            if n
+        ]
+        detail = f" ({', '.join(counts)})" if counts else f" (exit {self.exit_code})"
+        return f"{verdict}{detail} in {self.duration_s:.1f}s"
+
+    @classmethod
+    def combine(cls, reports: list[TestReport]) -> TestReport:
+        """Totals over many reports, for the PR's summary line."""
+        ran = [r for r in reports if r.exit_code is not None]
+        return cls(
+            command="(all units)",
+            exit_code=0 if all(r.ok for r in ran) else 1,
+            passed=sum(r.passed for r in ran),
+            failed=sum(r.failed for r in ran),
+            errors=sum(r.errors for r in ran),
+            skipped=sum(r.skipped for r in ran),
+            duration_s=sum(r.duration_s for r in ran),
+            failing_tests=[t for r in ran for t in r.failing_tests],
+            source="combined",
+        )
+
+
+class UnitRecord(BaseModel):
+    """A unit's entry in the run ledger: the single source of truth for its state."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    unit_id: str
+    status: UnitStatus = UnitStatus.PENDING
+    step: str = ""
+    attempts: int = 0
+    iterations: int = 0
+    fingerprint: str = ""
+    branch: str = ""
+    base_commit: str = ""
+    start_commit: str = ""
+    commit: str = ""
+    files_changed: list[str] = Field(default_factory=list)
+    summary: str = ""
+    tests: TestReport | None = None
+    outputs: list[str] = Field(default_factory=list)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_s: float = 0.0
+    error: str = ""
+    failure_class: FailureClass | None = None
+    log_path: str = ""
+    blocked_by: list[str] = Field(default_factory=list)
+
+    def line(self) -> str:
+        """One line for the end-of-run summary."""
+        tail = f" - {self.error.splitlines()[0]}" if self.error else ""
+        return (
+            f"{self.unit_id:<24} {self.status.value:<10} attempts={self.attempts} "
+            f"{self.duration_s:6.1f}s{tail}"
+        )
+
+
+class FeatureStatus(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    PAUSED = "paused"
+
+
+class MergeRecord(BaseModel):
+    """How one unit branch entered the feature branch."""
+
+    unit_id: str
+    commit: str
+    conflicts: list[str] = Field(default_factory=list)
+    reimplemented: bool = False
+
+
+class FeatureResult(BaseModel):
+    """The outcome of a whole feature run, returned by the `feature` flow."""
+
+    run_key: str
+    feature_id: str
+    title: str
+    status: FeatureStatus
+    feature_branch: str = ""
+    feature_commit: str = ""
+    base_branch: str = ""
+    pr_path: str = ""
+    pr_url: str = ""
+    units: list[UnitRecord] = Field(default_factory=list)
+    merge_order: list[str] = Field(default_factory=list)
+    merges: list[MergeRecord] = Field(default_factory=list)
+    gate: TestReport | None = None
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == FeatureStatus.SUCCEEDED

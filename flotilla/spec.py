@@ -1,0 +1,248 @@
+"""The two input files as typed objects: the feature request and the workflow spec.
+
+Each model checks what one object can check on its own; checks that need the whole request
+(unknown dependencies, cycles, inputs against outputs) live in `flotilla.validation`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
+SLUG_HELP = "use lowercase letters, digits and dashes, starting with a letter or digit (e.g. 'add-auth')"
+Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN, max_length=64)]
+
+PRESETS = ("claude", "codex", "aider", "gemini", "cursor-agent", "copilot", "opencode")
+Preset = Literal["claude", "codex", "aider", "gemini", "cursor-agent", "copilot", "opencode"]
+FailureKind = Literal["agent_failed", "tests_failed", "timed_out"]
+
+
+class StrictModel(BaseModel):
+    """Unknown fields are errors: a typo must never be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RetryPolicy(StrictModel):
+    """How often a unit is attempted, and how long to wait between attempts."""
+
+    max_attempts: int = Field(1, ge=1, le=50, description="Attempts in all, the first included.")
+    backoff: Literal["fixed", "exponential"] = Field(
+        "exponential", description="Delay growth between attempts."
+    )
+    initial_delay_s: float = Field(5.0, ge=0, description="Delay before the second attempt.")
+    max_delay_s: float = Field(300.0, ge=0, description="Upper bound of any single delay.")
+    jitter: float = Field(
+        0.0, ge=0, le=1, description="Random share (0..1) added to or taken from each delay."
+    )
+    retry_on: list[FailureKind] = Field(
+        default_factory=lambda: ["agent_failed", "tests_failed", "timed_out"],
+        description="Failure classes that spend an attempt and try again; others fail at once.",
+    )
+
+    def delay_before(self, attempt: int) -> float:
+        """Seconds to wait before `attempt` (2 = the first retry), without jitter."""
+        if attempt <= 1:
+            return 0.0
+        if self.backoff == "fixed":
+            return min(self.initial_delay_s, self.max_delay_s)
+        return min(self.initial_delay_s * 2 ** (attempt - 2), self.max_delay_s)
+
+
+class AgentSpec(StrictModel):
+    """A coding agent: a preset for a known CLI, or any shell command template."""
+
+    preset: Preset | None = Field(
+        None, description=f"A known agent CLI: {', '.join(PRESETS)}. Excludes `command`."
+    )
+    command: str | None = Field(
+        None,
+        description="A shell command template; placeholders {unit}, {feature}, {prompt_file}, "
+        "{request_dir}, {worktree}. Excludes `preset`.",
+    )
+    model: str | None = Field(None, description="Model name passed with the preset's model flag.")
+    args: list[str] = Field(
+        default_factory=list, description="Extra arguments appended to the preset's command line."
+    )
+    executable: str | None = Field(
+        None, description="Path or name of the preset's executable, if not the usual one."
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Extra environment variables for the agent process."
+    )
+    timeout_s: float | None = Field(None, gt=0, description="Time limit per agent invocation.")
+    retry_policy: RetryPolicy | None = Field(
+        None, description="Retry policy for every unit this agent runs (unit level wins)."
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> AgentSpec:
+        if (self.preset is None) == (self.command is None):
+            raise ValueError("an agent needs exactly one of `preset` or `command`")
+        if self.preset is None and (self.model or self.args or self.executable):
+            raise ValueError("`model`, `args` and `executable` apply to presets only")
+        return self
+
+
+AgentRef = Annotated[str, StringConstraints(min_length=1)] | AgentSpec
+
+
+class FeatureInfo(StrictModel):
+    """What the feature is; its id names the branches and the run."""
+
+    id: Slug = Field(description=f"Feature slug; {SLUG_HELP}.")
+    title: str = Field(min_length=1, description="PR title.")
+    description: str = Field("", description="What the feature is for; opens the PR description.")
+
+
+class RepoSpec(StrictModel):
+    """The target repository. Flotilla clones it and never touches its working tree."""
+
+    url: str = Field(description="Local path (relative to the request file) or git URL.")
+    base: str = Field("main", description="Branch the feature starts from; never written.")
+
+
+class GitIdentity(StrictModel):
+    """Author of Flotilla's commits."""
+
+    name: str = Field(min_length=1, description="Author and committer name.")
+    email: str = Field(min_length=3, description="Author and committer e-mail.")
+
+
+class Defaults(StrictModel):
+    """Values every unit inherits unless it sets its own."""
+
+    agent: AgentRef | None = Field(None, description="Agent name (from `agents`) or inline agent.")
+    test: str | None = Field(None, description="Test command run in the unit's worktree.")
+    timeout_s: float = Field(600, gt=0, description="Agent time limit per invocation, seconds.")
+    resources: Slug = Field("standard", description="Resource class of a unit.")
+    max_iterations: int = Field(
+        3, ge=1, le=20, description="Agent ⇄ tests rounds per attempt before it counts as failed."
+    )
+    retry_policy: RetryPolicy | None = Field(None, description="Default unit retry policy.")
+
+
+class UnitSpec(StrictModel):
+    """One atomic unit of work: one agent, one worktree, one branch."""
+
+    id: Slug = Field(description=f"Unit slug, unique in the request; {SLUG_HELP}.")
+    title: str = Field("", description="Short title for the PR section; defaults to the id.")
+    prompt: str = Field("", description="What the agent is asked to do.")
+    depends_on: list[str] = Field(default_factory=list, description="Units that must finish first.")
+    touches: list[str] = Field(
+        default_factory=list, description="Path globs the unit expects to change."
+    )
+    inputs: list[str] = Field(
+        default_factory=list,
+        description="Artifacts consumed, as `<unit>/<name>`; implies a dependency on <unit>.",
+    )
+    outputs: list[str] = Field(
+        default_factory=list, description="Artifact names the unit publishes."
+    )
+    resources: Slug | None = Field(None, description="Resource class; defaults to `defaults`.")
+    priority: int = Field(0, description="Higher runs first among ready units.")
+    agent: AgentRef | None = Field(None, description="Agent name or inline agent.")
+    test: str | None = Field(None, description="Test command; defaults to `defaults.test`.")
+    retry_policy: RetryPolicy | None = Field(None, description="Most specific retry policy.")
+    timeout_s: float | None = Field(None, gt=0, description="Agent time limit per invocation.")
+    max_iterations: int | None = Field(None, ge=1, le=20, description="Agent ⇄ tests rounds.")
+    estimate_s: float | None = Field(None, gt=0, description="Expected duration, for scheduling.")
+
+    @model_validator(mode="after")
+    def _check_names(self) -> UnitSpec:
+        for name in self.outputs:
+            if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name in (".", ".."):
+                raise ValueError(f"output name {name!r} must be a plain file name")
+        for ref in self.inputs:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9-]*/[A-Za-z0-9._-]+", ref):
+                raise ValueError(f"input {ref!r} must look like '<unit>/<artifact name>'")
+        return self
+
+    @property
+    def display_title(self) -> str:
+        return self.title or self.id
+
+
+class PublishSpec(StrictModel):
+    """Where the feature PR goes."""
+
+    provider: Literal["local", "github"] = Field("local", description="PR provider.")
+    repo: str | None = Field(None, description="`owner/name` on GitHub (github provider).")
+    draft: bool = Field(True, description="Open the PR as a draft.")
+    labels: list[str] = Field(default_factory=list, description="Labels set on the PR.")
+    api_url: str = Field("https://api.github.com", description="GitHub (Enterprise) API URL.")
+    remote: str | None = Field(
+        None, description="Git remote URL to push to; defaults to the target repository."
+    )
+
+
+class FeatureRequest(StrictModel):
+    """A feature request: the feature, where it goes, who works on it, and optionally its units."""
+
+    feature: FeatureInfo = Field(description="The feature.")
+    repo: RepoSpec | None = Field(None, description="Target repository; --repo/--base override.")
+    test: str | None = Field(None, description="The feature's test gate, run after merging.")
+    agents: dict[Slug, AgentSpec] = Field(default_factory=dict, description="Named agents.")
+    defaults: Defaults = Field(default_factory=Defaults, description="Unit defaults.")
+    units: list[UnitSpec] = Field(default_factory=list, description="Units, already decomposed.")
+    resources: dict[Slug, int] = Field(
+        default_factory=dict, description="Resource classes and their concurrency limits."
+    )
+    author: GitIdentity | None = Field(None, description="Author of Flotilla's commits.")
+    publish: PublishSpec = Field(default_factory=PublishSpec, description="PR provider.")
+
+
+Processor = Literal["plan_decomposer", "work_loop", "pr_merger", "feature_pr_creator"]
+
+
+class StageSpec(StrictModel):
+    """One stage of the workflow; `processor` says what it does."""
+
+    name: Slug = Field(description="Stage name, unique in the workflow.")
+    type: Literal["single", "parallel"] = Field("single", description="One run or one per item.")
+    processor: Processor = Field(description="What the stage does.")
+    depends_on: list[str] = Field(default_factory=list, description="Earlier stages.")
+    inputs: list[str] = Field(default_factory=list, description="Outputs of earlier stages.")
+    outputs: list[str] = Field(default_factory=list, description="Names this stage produces.")
+    foreach: str | None = Field(None, description="For `parallel`: an earlier stage's output.")
+    max_concurrent: int = Field(5, ge=1, le=1000, description="Units running at once.")
+    retry_policy: RetryPolicy | None = Field(None, description="Least specific retry policy.")
+    mode: Literal["static", "llm"] = Field("static", description="Decomposer mode.")
+    merge_strategy: Literal["merge", "squash", "sequential_rebase"] = Field(
+        "merge", description="How unit branches become the feature branch."
+    )
+    on_conflict: Literal["reimplement", "fail"] = Field(
+        "reimplement", description="What a merge conflict does."
+    )
+    allow_partial: bool = Field(False, description="Merge and publish despite failed units.")
+
+    @model_validator(mode="after")
+    def _foreach_only_parallel(self) -> StageSpec:
+        if self.type == "parallel" and not self.foreach:
+            raise ValueError("a `parallel` stage needs `foreach` (an earlier stage's output)")
+        if self.type == "single" and self.foreach:
+            raise ValueError("`foreach` is only for `parallel` stages")
+        return self
+
+
+class WorkflowBody(StrictModel):
+    name: str = Field(min_length=1, description="Workflow name.")
+    stages: list[StageSpec] = Field(min_length=1, description="Stages, in order.")
+    resources: dict[Slug, int] = Field(
+        default_factory=dict, description="Resource classes and their concurrency limits."
+    )
+    unknown_touches: Literal["trust", "serialize"] = Field(
+        "trust", description="Units without `touches`: trust them, or run them alone."
+    )
+
+
+class WorkflowSpec(StrictModel):
+    """The workflow: which stages run, in which order, with which settings."""
+
+    workflow: WorkflowBody = Field(description="The workflow.")
+
+    def stage_for(self, processor: str) -> StageSpec | None:
+        return next((s for s in self.workflow.stages if s.processor == processor), None)

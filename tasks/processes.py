@@ -1,0 +1,134 @@
+"""Running a child process with a hard time limit that kills its whole process group.
+
+Prefect's `timeout_seconds` does not stop a subprocess, so agents and test commands go through
+here: each runs in its own session, its output is streamed to a log file, and at the limit the
+group gets SIGTERM, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import BinaryIO
+
+from pydantic import BaseModel
+
+TAIL_LINES = 60
+KILL_GRACE_S = 3.0
+
+
+class ProcessResult(BaseModel):
+    exit_code: int | None
+    timed_out: bool
+    duration_s: float
+    output_tail: str
+
+
+def run_process(
+    command: list[str] | str,
+    *,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    timeout_s: float | None = None,
+    log_file: Path | None = None,
+) -> ProcessResult:
+    """Run `command` (argv, or a string for bash) and return its exit code and last lines.
+
+    Output (stdout and stderr interleaved) is appended to `log_file` as it arrives.
+    """
+    argv = ["bash", "-c", command] if isinstance(command, str) else command
+    full_env = {**os.environ, **(env or {})}
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    log = open(log_file, "ab") if log_file else None  # noqa: SIM115 - closed in finally
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=full_env,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if stdin is not None and proc.stdin:
+            try:
+                proc.stdin.write(stdin.encode())
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+        reader = threading.Thread(target=_copy_output, args=(proc, tail, log), daemon=True)
+        reader.start()
+        try:
+            proc.wait(timeout=timeout_s)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        kill_group(proc)  # also reaps children left behind by a leader that exited
+        reader.join(timeout=10)
+        exit_code = None if timed_out else proc.returncode
+    finally:
+        if log:
+            log.close()
+    return ProcessResult(
+        exit_code=exit_code,
+        timed_out=timed_out,
+        duration_s=time.monotonic() - started,
+        output_tail="".join(tail),
+    )
+
+
+def _copy_output(proc: subprocess.Popen, tail: deque[str], log: BinaryIO | None) -> None:
+    assert proc.stdout is not None
+    for raw in iter(proc.stdout.readline, b""):
+        if log:
+            log.write(raw)
+            log.flush()
+        tail.append(raw.decode(errors="replace"))
+    proc.stdout.close()
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is still there after a grace period."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + KILL_GRACE_S
+    while time.monotonic() < deadline:
+        proc.poll()
+        if not _group_alive(proc.pid):
+            break
+        time.sleep(0.05)
+    else:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while a live (non-zombie) process remains in the group; zombies may never be
+    reaped in a container whose PID 1 does not wait for orphans."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    proc_dir = Path("/proc")
+    if not proc_dir.is_dir():
+        return True
+    for stat in proc_dir.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
