@@ -16,7 +16,7 @@ $(VENV)/.dev: $(BIN)/flotilla
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-demo: $(BIN)/flotilla
+demo: $(VENV)/.dev
 	$(BIN)/python -m examples.demo
 
 test: $(VENV)/.dev

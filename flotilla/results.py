@@ -60,6 +60,8 @@ class TestReport(BaseModel):
         return self.exit_code == 0 and not self.timed_out
 
     def one_line(self) -> str:
+        if self.timed_out:
+            return f"timed out after {self.duration_s:.0f}s"
         if self.exit_code is None:
             return "no tests run"
         verdict = "passed" if self.ok else ("timed out" if self.timed_out else "FAILED")

@@ -12,7 +12,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
-SLUG_HELP = "use lowercase letters, digits and dashes, starting with a letter or digit (e.g. 'add-auth')"
+SLUG_HELP = (
+    "use lowercase letters, digits and dashes, starting with a letter or digit (e.g. 'add-auth')"
+)
 Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN, max_length=64)]
 
 PRESETS = ("claude", "codex", "aider", "gemini", "cursor-agent", "copilot", "opencode")

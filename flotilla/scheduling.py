@@ -1,0 +1,51 @@
+"""Which ready unit starts next, and which units can no longer run.
+
+Highest priority first, then the longest remaining critical path (so the feature finishes as
+early as the graph allows), then request order for determinism.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from flotilla.plan import Plan
+from flotilla.results import UnitStatus
+
+
+def ready_units(plan: Plan, status: Mapping[str, UnitStatus], started: Iterable[str]) -> list[str]:
+    """Units not yet started whose dependencies have all succeeded."""
+    started = set(started)
+    return [
+        u
+        for u in plan.units
+        if u not in started
+        and status.get(u, UnitStatus.PENDING) == UnitStatus.PENDING
+        and all(status.get(d) == UnitStatus.SUCCEEDED for d in plan.graph.predecessors(u))
+    ]
+
+
+def by_urgency(plan: Plan, ready: list[str], remaining: Mapping[str, float]) -> list[str]:
+    position = {u: i for i, u in enumerate(plan.units)}
+    return sorted(
+        ready, key=lambda u: (-plan.units[u].priority, -remaining.get(u, 0.0), position[u])
+    )
+
+
+def blocked_by_failures(plan: Plan, status: Mapping[str, UnitStatus]) -> dict[str, list[str]]:
+    """Every pending unit downstream of a failed or blocked unit, with the failed roots."""
+    blocked: dict[str, list[str]] = {}
+    for unit in plan.order():
+        if status.get(unit, UnitStatus.PENDING) != UnitStatus.PENDING:
+            continue
+        roots: list[str] = []
+        for dep in plan.graph.predecessors(unit):
+            dep_status = status.get(dep)
+            if dep_status == UnitStatus.FAILED:
+                roots.append(dep)
+            elif dep in blocked:
+                roots += blocked[dep]
+            elif dep_status == UnitStatus.BLOCKED:
+                roots.append(dep)
+        if roots:
+            blocked[unit] = sorted(set(roots))
+    return blocked

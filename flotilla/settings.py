@@ -1,0 +1,38 @@
+"""Flotilla's settings: `FLOTILLA_*` environment variables, read in one place."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class FlotillaSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLOTILLA_", extra="ignore")
+
+    store: str = Field(
+        ".flotilla/store",
+        description="Artifact store URL: a local directory, file://, memory:// or s3://bucket/prefix.",
+    )
+    workdir: str = Field(
+        ".flotilla/work", description="Where clones and worktrees live (local disk, per machine)."
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 endpoint for a non-AWS service such as MinIO or moto."
+    )
+    author_name: str | None = Field(
+        None, description="Author of Flotilla's commits, unless the request names one."
+    )
+    author_email: str | None = Field(None, description="E-mail of that author.")
+    rate_limit_max_wait_s: float = Field(
+        3600.0, gt=0, description="Longest single wait for an agent's rate limit to reset."
+    )
+    rate_limit_default_wait_s: float = Field(
+        60.0, ge=0, description="Wait after a rate limit that names no reset time."
+    )
+    rate_limit_total_wait_s: float = Field(
+        6 * 3600.0, ge=0, description="After this much waiting in one attempt, the unit fails."
+    )
+
+
+def get_settings() -> FlotillaSettings:
+    return FlotillaSettings()

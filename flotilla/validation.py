@@ -1,0 +1,205 @@
+"""Checks that need a whole request or workflow, not one field: references, cycles, order.
+
+Each check returns `(field path, message)` pairs; `flotilla.loading` turns them into problems
+with file and line. Nothing here raises, so every problem is reported at once.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+
+from flotilla.spec import PRESETS, AgentSpec, FeatureRequest, UnitSpec, WorkflowSpec
+
+Issue = tuple[tuple[str | int, ...], str]
+
+
+def validate_request(
+    request: FeatureRequest,
+    invalid_units: set[str] = frozenset(),
+    invalid_agents: set[str] = frozenset(),
+) -> list[Issue]:
+    """Whole-request checks. `invalid_*` name things that exist but failed their own field
+    checks: references to them are not reported again as unknown."""
+    issues: list[Issue] = []
+    index: dict[str, int] = {}
+    for i, unit in enumerate(request.units):
+        if unit.id in index:
+            issues.append(
+                (
+                    ("units", i, "id"),
+                    f"duplicate unit id {unit.id!r} (first at units[{index[unit.id]}])",
+                )
+            )
+        else:
+            index[unit.id] = i
+    for i, unit in enumerate(request.units):
+        issues += _check_references(request, i, unit, index, invalid_units)
+        issues += _check_agent(request, ("units", i, "agent"), unit.agent, invalid_agents)
+        if unit.agent is None and request.defaults.agent is None:
+            issues.append(
+                (("units", i, "agent"), "no agent: set `agent` on the unit or `defaults.agent`")
+            )
+    issues += _check_agent(request, ("defaults", "agent"), request.defaults.agent, invalid_agents)
+    if not issues and not invalid_units:
+        issues += _check_cycles(request, index)
+    return issues
+
+
+def _check_references(
+    request: FeatureRequest, i: int, unit: UnitSpec, index: dict[str, int], invalid: set[str]
+) -> list[Issue]:
+    issues: list[Issue] = []
+    known = ", ".join(index) or "(none)"
+    for j, dep in enumerate(unit.depends_on):
+        if dep == unit.id:
+            issues.append((("units", i, "depends_on", j), "a unit cannot depend on itself"))
+        elif dep not in index and dep not in invalid:
+            issues.append(
+                (("units", i, "depends_on", j), f"unknown unit {dep!r}; known units: {known}")
+            )
+    for j, ref in enumerate(unit.inputs):
+        producer, name = ref.split("/", 1)
+        where = ("units", i, "inputs", j)
+        if producer == unit.id:
+            issues.append((where, "a unit cannot consume its own output"))
+        elif producer in invalid:
+            continue
+        elif producer not in index:
+            issues.append((where, f"unknown producer unit {producer!r}; known units: {known}"))
+        elif name not in request.units[index[producer]].outputs:
+            declared = ", ".join(request.units[index[producer]].outputs) or "none"
+            issues.append(
+                (
+                    where,
+                    f"unit {producer!r} does not declare output {name!r} (its outputs: "
+                    f"{declared}); add it to that unit's `outputs` or fix the name",
+                )
+            )
+    if request.resources and unit.resources and unit.resources not in request.resources:
+        issues.append(
+            (
+                ("units", i, "resources"),
+                f"unknown resource class {unit.resources!r}; declared: "
+                f"{', '.join(request.resources)}",
+            )
+        )
+    return issues
+
+
+def _check_agent(
+    request: FeatureRequest, where, ref: str | AgentSpec | None, invalid: set[str] = frozenset()
+) -> list[Issue]:
+    if ref is None or isinstance(ref, AgentSpec):
+        return []
+    if ref in request.agents or ref in invalid:
+        return []
+    if ref in PRESETS:
+        return []  # a bare preset name is a valid agent with the preset's defaults
+    named = ", ".join(request.agents) or "none"
+    return [
+        (
+            where,
+            f"unknown agent {ref!r}; name one from `agents` ({named}) or a preset "
+            f"({', '.join(PRESETS)})",
+        )
+    ]
+
+
+def _check_cycles(request: FeatureRequest, index: dict[str, int]) -> list[Issue]:
+    graph = nx.DiGraph()
+    graph.add_nodes_from(index)
+    for unit in request.units:
+        for dep in unit.depends_on:
+            graph.add_edge(dep, unit.id)
+        for ref in unit.inputs:
+            graph.add_edge(ref.split("/", 1)[0], unit.id)
+    try:
+        cycle = nx.find_cycle(graph)
+    except nx.NetworkXNoCycle:
+        return []
+    path = [edge[0] for edge in cycle] + [cycle[0][0]]
+    first = cycle[0][1]
+    return [
+        (
+            ("units", index[first], "depends_on"),
+            f"dependency cycle: {' -> '.join(path)}; remove one of these dependencies",
+        )
+    ]
+
+
+def validate_workflow(workflow: WorkflowSpec) -> list[Issue]:
+    issues: list[Issue] = []
+    stages = workflow.workflow.stages
+    position = {}
+    outputs_before: set[str] = set()
+    for i, stage in enumerate(stages):
+        where = ("workflow", "stages", i)
+        if stage.name in position:
+            issues.append(((*where, "name"), f"duplicate stage name {stage.name!r}"))
+        later = {s.name for s in stages[i + 1 :]}
+        for j, dep in enumerate(stage.depends_on):
+            if dep in later:
+                issues.append(
+                    (
+                        (*where, "depends_on", j),
+                        f"stage {stage.name!r} depends on {dep!r}, which comes later; "
+                        "stages run in the order listed, so move it before this one",
+                    )
+                )
+            elif dep not in position:
+                known = ", ".join(position) or "none"
+                issues.append(
+                    ((*where, "depends_on", j), f"unknown stage {dep!r}; earlier stages: {known}")
+                )
+        if stage.foreach and stage.foreach not in outputs_before:
+            issues.append(
+                (
+                    (*where, "foreach"),
+                    f"`foreach: {stage.foreach}` names no output of an earlier stage "
+                    f"(earlier outputs: {', '.join(sorted(outputs_before)) or 'none'})",
+                )
+            )
+        for j, name in enumerate(stage.inputs):
+            if name not in outputs_before:
+                issues.append(
+                    (
+                        (*where, "inputs", j),
+                        f"input {name!r} is not an output of an earlier stage "
+                        f"(earlier outputs: {', '.join(sorted(outputs_before)) or 'none'})",
+                    )
+                )
+        position[stage.name] = i
+        outputs_before.update(stage.outputs)
+    issues += _check_processors(workflow)
+    return issues
+
+
+def _check_processors(workflow: WorkflowSpec) -> list[Issue]:
+    issues: list[Issue] = []
+    seen: dict[str, int] = {}
+    for i, stage in enumerate(workflow.workflow.stages):
+        if stage.processor in seen:
+            issues.append(
+                (
+                    ("workflow", "stages", i, "processor"),
+                    f"processor {stage.processor!r} is already used by stage "
+                    f"{workflow.workflow.stages[seen[stage.processor]].name!r}; each runs once",
+                )
+            )
+        seen.setdefault(stage.processor, i)
+        if stage.processor == "work_loop" and stage.type != "parallel":
+            issues.append(
+                (("workflow", "stages", i, "type"), "the work_loop stage must be `parallel`")
+            )
+    order = [s.processor for s in workflow.workflow.stages]
+    expected = ["plan_decomposer", "work_loop", "pr_merger", "feature_pr_creator"]
+    present = [p for p in expected if p in order]
+    if [p for p in order if p in expected] != present:
+        issues.append(
+            (("workflow", "stages"), f"processors must run in this order: {' -> '.join(expected)}")
+        )
+    if "work_loop" in order and "plan_decomposer" not in order:
+        issues.append(
+            (("workflow", "stages"), "a work_loop stage needs a plan_decomposer before it")
+        )
+    return issues

@@ -1,0 +1,413 @@
+"""Agent runners: the command line for each known coding-agent CLI, any shell command, the
+environment contract, time limits and rate-limit detection.
+
+An agent is a process run in the unit's worktree. Everything it needs arrives through
+`FLOTILLA_*` variables; what it leaves behind (code, summary, outputs) is picked up by the work
+loop. A rate-limit answer is reported separately from a failure, so the caller can wait instead
+of spending an attempt.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import string
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, Field
+
+from flotilla.errors import AgentError
+from flotilla.settings import get_settings
+from flotilla.spec import AgentSpec
+from tasks.processes import run_process
+
+PLACEHOLDERS = ("unit", "feature", "prompt_file", "request_dir", "worktree")
+RATE_LIMIT_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later"
+MAX_PROMPT_ARG_BYTES = 100_000  # Linux refuses a single argument over 128 KiB
+RATE_LIMIT_SCAN_LINES = 40  # limit messages come last; older lines may quote code or logs
+DEFAULT_MAX_WAIT_S = 3600.0
+
+
+class AgentInvocation(BaseModel):
+    """One run of an agent: which unit, where, with which files, for how long."""
+
+    unit_id: str
+    feature_id: str
+    worktree: Path
+    prompt_file: Path
+    inputs_dir: Path
+    outputs_dir: Path
+    summary_file: Path
+    new_units_file: Path
+    request_dir: Path
+    log_file: Path
+    timeout_s: float
+    iteration: int = 1
+    attempt: int = 1
+    extra_env: dict[str, str] = Field(default_factory=dict)
+
+
+class CommandLine(BaseModel):
+    """What to start: an argv exec'd directly (presets) or a string for `bash -c` (commands)."""
+
+    argv: list[str] | None = None
+    shell: str | None = None
+    stdin: str | None = None
+
+    def display(self) -> str:
+        """The command for logs, with a prompt passed as an argument shortened."""
+        if self.argv is None:
+            return str(self.shell)
+        short = [a if len(a) <= 80 and "\n" not in a else f"<{len(a)} chars>" for a in self.argv]
+        return shlex.join(short)
+
+
+class AgentOutcome(BaseModel):
+    """How an agent run ended; `rate_limited` means wait `retry_after_s` and run it again."""
+
+    exit_code: int | None
+    timed_out: bool
+    rate_limited: bool
+    retry_after_s: float | None
+    duration_s: float
+    output_tail: str
+    command: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and not self.rate_limited
+
+
+# --- command lines -----------------------------------------------------------------------------
+
+
+def build_command(agent: AgentSpec, inv: AgentInvocation) -> CommandLine:
+    """The command line for `agent` on `inv`; raises AgentError if it cannot be started."""
+    if agent.command is not None:
+        return CommandLine(shell=_format_template(agent.command, inv))
+    assert agent.preset is not None  # AgentSpec guarantees one of the two
+    program = agent.executable or agent.preset
+    _require_executable(program, agent, agent_env(inv, agent))
+    try:
+        prompt = inv.prompt_file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise AgentError(
+            f"Cannot read the prompt file {inv.prompt_file} for unit {inv.unit_id!r}: {exc}."
+        ) from exc
+    return PRESETS[agent.preset](program, agent, prompt, inv.prompt_file)
+
+
+def _model(flag: str, agent: AgentSpec) -> list[str]:
+    return [flag, agent.model] if agent.model else []
+
+
+def _prompt_arg(prompt: str, prompt_file: Path) -> str:
+    """The prompt as one argument; a pointer to the file when it is too long for argv."""
+    if len(prompt.encode()) <= MAX_PROMPT_ARG_BYTES:
+        return prompt
+    return f"Your task is described in the file {prompt_file}. Read it and carry it out."
+
+
+def _claude(program: str, agent: AgentSpec, prompt: str, prompt_file: Path) -> CommandLine:
+    # https://docs.anthropic.com/en/docs/claude-code/cli-reference: `-p/--print` answers and
+    # exits, piped input is the query (`cat file | claude -p`), `--permission-mode acceptEdits`
+    # edits files without asking, `--model sonnet|opus|<full name>`.
+    argv = [program, "-p", "--permission-mode", "acceptEdits", *_model("--model", agent)]
+    return CommandLine(argv=[*argv, *agent.args], stdin=prompt)
+
+
+def _codex(program: str, agent: AgentSpec, prompt: str, prompt_file: Path) -> CommandLine:
+    # https://developers.openai.com/codex/noninteractive: `codex exec` runs without approvals,
+    # `--sandbox workspace-write` lets it edit the workspace (the replacement for the deprecated
+    # `--full-auto`, openai/codex#20133), `-m MODEL`, and a prompt of `-` is read from stdin.
+    argv = [program, "exec", "--sandbox", "workspace-write", *_model("-m", agent)]
+    return CommandLine(argv=[*argv, *agent.args, "-"], stdin=prompt)
+
+
+def _aider(program: str, agent: AgentSpec, prompt: str, prompt_file: Path) -> CommandLine:
+    # https://aider.chat/docs/scripting.html and /docs/config/options.html: `--message-file FILE`
+    # sends one message and exits, `--yes-always` answers every confirmation, `--model MODEL`.
+    argv = [program, "--message-file", str(prompt_file), "--yes-always", *_model("--model", agent)]
+    return CommandLine(argv=[*argv, *agent.args])
+
+
+def _gemini(program: str, agent: AgentSpec, prompt: str, prompt_file: Path) -> CommandLine:
+    # https://geminicli.com/docs/cli/headless and the CLI reference: `-p/--prompt TEXT` runs
+    # headless, `--approval-mode yolo` approves every tool call (`--yolo` is its deprecated
+    # alias), `-m/--model MODEL`.
+    argv = [program, "-p", _prompt_arg(prompt, prompt_file), "--approval-mode", "yolo"]
+    return CommandLine(argv=[*argv, *_model("-m", agent), *agent.args])
+
+
+def _cursor(program: str, agent: AgentSpec, prompt: str, prompt_file: Path) -> CommandLine:
+    # https://cursor.com/docs/cli/headless: `-p/--print` for scripts, `--force` applies changes
+    # and runs actions without approval, `--model MODEL`, the prompt as the last argument.
+    argv = [program, "-p", "--force", *_model("--model", agent), *agent.args]
+    return CommandLine(argv=[*argv, _prompt_arg(prompt, prompt_file)])
+
+
+def _copilot(program: str, agent: AgentSpec, prompt: str, prompt_file: Path) -> CommandLine:
+    # https://docs.github.com/en/copilot/reference/copilot-cli-reference/cli-programmatic-reference:
+    # `-p PROMPT` runs non-interactively, `--allow-all-tools` runs every tool without asking,
+    # `--model MODEL`.
+    argv = [program, "-p", _prompt_arg(prompt, prompt_file), "--allow-all-tools"]
+    return CommandLine(argv=[*argv, *_model("--model", agent), *agent.args])
+
+
+def _opencode(program: str, agent: AgentSpec, prompt: str, prompt_file: Path) -> CommandLine:
+    # https://opencode.ai/docs/cli#run: `opencode run [message..]` runs without the TUI,
+    # `-m/--model provider/model`; what it may do follows the user's `permission` config
+    # (https://opencode.ai/docs/permissions).
+    argv = [program, "run", *_model("--model", agent), *agent.args]
+    return CommandLine(argv=[*argv, _prompt_arg(prompt, prompt_file)])
+
+
+PresetBuilder = Callable[[str, AgentSpec, str, Path], CommandLine]
+PRESETS: dict[str, PresetBuilder] = {
+    "claude": _claude,
+    "codex": _codex,
+    "aider": _aider,
+    "gemini": _gemini,
+    "cursor-agent": _cursor,
+    "copilot": _copilot,
+    "opencode": _opencode,
+}
+
+
+def _format_template(template: str, inv: AgentInvocation) -> str:
+    allowed = ", ".join("{" + name + "}" for name in PLACEHOLDERS)
+    try:
+        fields = [
+            field for _, field, _, _ in string.Formatter().parse(template) if field is not None
+        ]
+    except ValueError as exc:
+        raise AgentError(
+            f"The agent command {template!r} is not a valid template ({exc}). "
+            f"Use {allowed}, and write {{{{ and }}}} for literal braces."
+        ) from exc
+    for field in fields:
+        if field not in PLACEHOLDERS:
+            raise AgentError(
+                f"The agent command {template!r} uses the unknown placeholder {{{field}}}. "
+                f"Allowed placeholders: {allowed}; write {{{{ and }}}} for literal braces "
+                "(e.g. ${{HOME}})."
+            )
+    values = {
+        "unit": inv.unit_id,
+        "feature": inv.feature_id,
+        "prompt_file": str(inv.prompt_file),
+        "request_dir": str(inv.request_dir),
+        "worktree": str(inv.worktree),
+    }
+    return template.format(**{name: shlex.quote(value) for name, value in values.items()})
+
+
+def _require_executable(program: str, agent: AgentSpec, env: dict[str, str]) -> None:
+    path = env.get("PATH", os.environ.get("PATH", os.defpath))
+    if shutil.which(program, path=path):
+        return
+    where = "on PATH" if os.sep not in program else "at that path"
+    raise AgentError(
+        f"The {agent.preset} agent needs the program {program!r}, which was not found {where}. "
+        f"Install {agent.preset} so that {program!r} runs from a shell, or set `executable:` in "
+        "the agent's definition to the program's full path."
+    )
+
+
+def agent_env(inv: AgentInvocation, agent: AgentSpec) -> dict[str, str]:
+    """The variables an agent gets on top of Flotilla's own environment (the contract)."""
+    contract = {
+        "FLOTILLA_UNIT_ID": inv.unit_id,
+        "FLOTILLA_FEATURE_ID": inv.feature_id,
+        "FLOTILLA_WORKTREE": str(inv.worktree),
+        "FLOTILLA_PROMPT_FILE": str(inv.prompt_file),
+        "FLOTILLA_INPUTS_DIR": str(inv.inputs_dir),
+        "FLOTILLA_OUTPUTS_DIR": str(inv.outputs_dir),
+        "FLOTILLA_SUMMARY_FILE": str(inv.summary_file),
+        "FLOTILLA_NEW_UNITS_FILE": str(inv.new_units_file),
+        "FLOTILLA_REQUEST_DIR": str(inv.request_dir),
+        "FLOTILLA_ITERATION": str(inv.iteration),
+        "FLOTILLA_ATTEMPT": str(inv.attempt),
+    }
+    return {**agent.env, **contract, **inv.extra_env}
+
+
+# --- running -----------------------------------------------------------------------------------
+
+
+def run_agent(agent: AgentSpec, inv: AgentInvocation) -> AgentOutcome:
+    """Run the agent once in its worktree with a hard time limit; never raises on its exit."""
+    if not inv.worktree.is_dir():
+        raise AgentError(
+            f"The worktree {inv.worktree} of unit {inv.unit_id!r} does not exist; the agent "
+            "cannot start there. Create the worktree before running the agent."
+        )
+    command = build_command(agent, inv)
+    inv.outputs_dir.mkdir(parents=True, exist_ok=True)
+    inv.log_file.parent.mkdir(parents=True, exist_ok=True)
+    with inv.log_file.open("a", encoding="utf-8") as log:
+        log.write(
+            f"--- flotilla: agent for {inv.unit_id}, attempt {inv.attempt}, "
+            f"iteration {inv.iteration}: {command.display()}\n"
+        )
+    start = inv.log_file.stat().st_size  # the agent's own output starts here
+    result = run_process(
+        command.argv if command.argv is not None else str(command.shell),
+        cwd=inv.worktree,
+        env=agent_env(inv, agent),
+        stdin=command.stdin,
+        timeout_s=inv.timeout_s,
+        log_file=inv.log_file,
+    )
+    limited, retry_after = False, None
+    if not result.timed_out:
+        output = _read_from(inv.log_file, start) or result.output_tail
+        limited, retry_after = detect_rate_limit(
+            result.exit_code, output, max_wait_s=get_settings().rate_limit_max_wait_s
+        )
+    return AgentOutcome(
+        exit_code=result.exit_code,
+        timed_out=result.timed_out,
+        rate_limited=limited,
+        retry_after_s=retry_after,
+        duration_s=result.duration_s,
+        output_tail=result.output_tail,
+        command=command.display(),
+    )
+
+
+def _read_from(path: Path, offset: int, limit: int = 64_000) -> str:
+    """The last `limit` bytes written to `path` after `offset` (this run's own output)."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(offset, size - limit))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+# --- rate limits -------------------------------------------------------------------------------
+
+_LIMIT_PATTERNS = [
+    r"rate[ _-]?limit(?:ed|s|_?error)?\b|usage[ _-]limit(?:s|_reached)?\b",
+    r"hit your (?:\w+ )?limit|limit reached",
+    r"quota exceeded|exceeded your (?:current )?quota|resource[ _]exhausted",
+    r"too many requests|overloaded_error|try again in \d|retry (?:in|after) \d",
+    r"\b429\b.{0,40}(?:too many|rate|quota|exhausted|limit)|(?:status|code|http|error)\W{0,4}429\b",
+]
+_LIMIT_RE = re.compile("|".join(f"(?:{p})" for p in _LIMIT_PATTERNS), re.IGNORECASE)
+
+_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_DURATION = re.compile(
+    r"(\d+(?:\.\d+)?)\s*(milliseconds?|minutes?|seconds?|hours?|days?|mins?|secs?|hrs?|ms|d|h|m|s)"
+    r"(?![a-z])",
+    re.IGNORECASE,
+)
+_DURATION_AFTER = re.compile(
+    r"(?:try again|retry|resets?|available again|wait)\s*(?:in|after)\s*:?\s*", re.IGNORECASE
+)
+_BARE_SECONDS = re.compile(
+    r"retry[- ]after\s*:?\s*(\d+(?:\.\d+)?)(?!\.?\d|\s*[a-z])", re.IGNORECASE
+)
+_RETRY_DELAY = re.compile(r'(?:"retryDelay"\s*:\s*"|"resets_in_seconds"\s*:\s*)(\d+(?:\.\d+)?)')
+_EPOCH = re.compile(r"limit reached\|(\d{9,11})\b", re.IGNORECASE)
+_CLOCK = re.compile(
+    r"(?:resets?|try again|available again)\s+(?:at\s+)?(\d{1,2})(?::(\d{2}))?\s*([ap]\.?m\.?)"
+    r"(?:\s*\(([A-Za-z_]+(?:/[A-Za-z0-9_+-]+)*)\))?",
+    re.IGNORECASE,
+)
+_DATE_CLOCK = re.compile(
+    r"(?:resets?|try again)\s+(?:at|on)\s+([A-Z][a-z]{2})[a-z]*\.?\s+(\d{1,2})(?:st|nd|rd|th)?,?"
+    r"\s+(\d{4}),?\s+(\d{1,2}):(\d{2})\s*([AP]M)",
+    re.IGNORECASE,
+)
+
+
+def detect_rate_limit(
+    exit_code: int | None,
+    output: str,
+    *,
+    max_wait_s: float = DEFAULT_MAX_WAIT_S,
+    now: datetime | None = None,
+) -> tuple[bool, float | None]:
+    """(rate limited?, seconds to wait if the output says) for a finished agent.
+
+    Exit 75 always means "rate limited"; any other non-zero exit counts only when one of the
+    known limit messages is in the last lines of the output. A successful run never does.
+    """
+    if exit_code is None or exit_code == 0:
+        return False, None
+    tail = "\n".join(output.splitlines()[-RATE_LIMIT_SCAN_LINES:])
+    if exit_code != RATE_LIMIT_EXIT_CODE and not _LIMIT_RE.search(tail):
+        return False, None
+    delay = parse_retry_after(tail, now=now)
+    return True, None if delay is None else min(max(delay, 1.0), max_wait_s)
+
+
+def parse_retry_after(text: str, *, now: datetime | None = None) -> float | None:
+    """Seconds until a limit resets, from the last delay or reset time `text` names."""
+    now = now or datetime.now().astimezone()
+    readers: list[tuple[re.Pattern[str], Callable[[re.Match[str]], float | None]]] = [
+        (_DURATION_AFTER, lambda m: _duration_at(text, m.end())),
+        (_BARE_SECONDS, lambda m: float(m.group(1))),
+        (_RETRY_DELAY, lambda m: float(m.group(1))),
+        (_EPOCH, lambda m: int(m.group(1)) - now.timestamp()),
+        (_CLOCK, lambda m: _until_clock(m, now)),
+        (_DATE_CLOCK, lambda m: _until_date(m, now)),
+    ]
+    found = [  # (position, seconds): the latest mention wins
+        (m.start(), seconds)
+        for pattern, read in readers
+        for m in pattern.finditer(text)
+        if (seconds := read(m)) is not None
+    ]
+    return max(found)[1] if found else None
+
+
+def _duration_at(text: str, pos: int) -> float | None:
+    """Sum a run of durations starting at `pos`: "5 days 22 hours 11 minutes", "6m0s"."""
+    total, seen = 0.0, False
+    separator = re.compile(r"[\s,]*(?:and\s+)?")
+    while True:
+        match = _DURATION.match(text, pos)
+        if not match:
+            break
+        unit = match.group(2).lower()
+        key = "ms" if unit.startswith("milli") or unit == "ms" else unit[0]
+        total += float(match.group(1)) * _UNITS[key]
+        seen = True
+        pos = separator.match(text, match.end()).end()
+    return total if seen else None
+
+
+def _until_clock(match: re.Match[str], now: datetime) -> float | None:
+    hour, minute = int(match.group(1)), int(match.group(2) or 0)
+    if not 1 <= hour <= 12 or minute > 59:
+        return None
+    hour = hour % 12 + (12 if match.group(3).lower().startswith("p") else 0)
+    tz = now.tzinfo
+    if match.group(4):
+        try:
+            tz = ZoneInfo(match.group(4))
+        except (ZoneInfoNotFoundError, ValueError):
+            tz = now.tzinfo
+    local_now = now.astimezone(tz)
+    target = local_now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    if target <= local_now:
+        target += timedelta(days=1)
+    return (target - local_now).total_seconds()
+
+
+def _until_date(match: re.Match[str], now: datetime) -> float | None:
+    stamp = " ".join(match.group(i) for i in range(1, 7))  # "Jul 5 2026 8 19 PM"
+    try:
+        target = datetime.strptime(stamp, "%b %d %Y %I %M %p").replace(tzinfo=now.tzinfo)
+    except ValueError:
+        return None
+    return (target - now).total_seconds()

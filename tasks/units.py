@@ -1,0 +1,320 @@
+"""The work loop of one unit: worktree, inputs, agent ⇄ tests, commit, outputs.
+
+`run_unit` is the Prefect task the implement stage submits once per unit. Each step is a nested
+task, so the UI shows where every agent is. Attempts, backoff and rate-limit waits happen here,
+because a rate limit must cost no attempt and Prefect's own retries cannot tell the difference.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from flotilla.errors import AgentError
+from flotilla.plan import UnitSettings
+from flotilla.results import FailureClass, TestReport, UnitRecord, UnitStatus, utcnow
+from flotilla.runs import RunContext
+from flotilla.settings import get_settings
+from flotilla.spec import UnitSpec
+from tasks.agents import AgentInvocation, AgentOutcome, run_agent
+from tasks.checks import run_tests
+from tasks.store import ArtifactStore, RunStore
+from tasks.workspace import Workspace, identity_env
+
+TAIL_FOR_PROMPT = 80
+
+
+class UnitJob(BaseModel):
+    """One unit's input: the run, the unit, its resolved settings, where it starts from."""
+
+    ctx: RunContext
+    unit: UnitSpec
+    settings: UnitSettings
+    base_commit: str
+    dep_branches: list[str]
+    fingerprint: str
+
+
+class UnitFailed(Exception):
+    """Raised after the ledger says `failed`, so the Prefect task run ends Failed too."""
+
+
+class AttemptFailed(Exception):
+    def __init__(self, failure: FailureClass, message: str):
+        super().__init__(message)
+        self.failure = failure
+
+
+def workspace_for(ctx: RunContext) -> Workspace:
+    return Workspace(
+        Path(ctx.workdir),
+        ctx.repo,
+        ctx.base,
+        identity_env(ctx.author_name, ctx.author_email),
+    )
+
+
+def run_store_for(ctx: RunContext) -> RunStore:
+    return RunStore(ArtifactStore(ctx.store_url), ctx.run_key)
+
+
+@task(name="run-unit", persist_result=False, cache_policy=NO_CACHE)
+def run_unit(job: UnitJob) -> UnitRecord:
+    return UnitRunner(job).run()
+
+
+class UnitRunner:
+    """Holds one unit's state across its attempts and keeps the ledger up to date."""
+
+    def __init__(self, job: UnitJob):
+        self.job = job
+        self.unit = job.unit
+        self.ctx = job.ctx
+        self.runs = run_store_for(job.ctx)
+        self.workspace = workspace_for(job.ctx)
+        self.record = UnitRecord(
+            unit_id=self.unit.id,
+            fingerprint=job.fingerprint,
+            branch=job.ctx.unit_branch(self.unit.id),
+            base_commit=job.base_commit,
+        )
+
+    def save(self, **changes) -> None:
+        for name, value in changes.items():
+            setattr(self.record, name, value)
+        self.runs.write_record(self.record)
+
+    def run(self) -> UnitRecord:
+        started = time.monotonic()
+        self.save(status=UnitStatus.RUNNING, started_at=utcnow(), step="queued")
+        policy = self.job.settings.retry_policy
+        last: AttemptFailed | None = None
+        for attempt in range(1, policy.max_attempts + 1):
+            if attempt > 1:
+                delay = policy.delay_before(attempt)
+                delay *= 1 + random.uniform(-policy.jitter, policy.jitter)
+                self.save(step=f"waiting {delay:.0f}s before attempt {attempt}")
+                time.sleep(max(delay, 0.0))
+            self.save(attempts=attempt, error="", failure_class=None)
+            try:
+                self.attempt(attempt)
+            except AttemptFailed as failed:
+                last = failed
+                self.save(error=str(failed), failure_class=failed.failure)
+                if failed.failure.value not in policy.retry_on:
+                    break
+                continue
+            self.save(
+                status=UnitStatus.SUCCEEDED,
+                step="done",
+                finished_at=utcnow(),
+                duration_s=time.monotonic() - started,
+            )
+            return self.record
+        self.save(
+            status=UnitStatus.FAILED,
+            step="failed",
+            finished_at=utcnow(),
+            duration_s=time.monotonic() - started,
+        )
+        raise UnitFailed(
+            f"unit {self.unit.id!r} failed after {self.record.attempts} attempt(s): {last}"
+        )
+
+    def attempt(self, attempt: int) -> None:
+        local = Path(self.ctx.workdir) / "units" / self.unit.id / f"attempt-{attempt}"
+        shutil.rmtree(local, ignore_errors=True)
+        for sub in ("inputs", "outputs"):
+            (local / sub).mkdir(parents=True)
+        log_file = local / "agent.log"
+        log_file.touch()
+        try:
+            self._attempt(attempt, local, log_file)
+        finally:
+            self.runs.store.upload_file(self.runs.log_key(self.unit.id, attempt), log_file)
+            self.record.log_path = self.runs.store.uri(self.runs.log_key(self.unit.id, attempt))
+
+    def _attempt(self, attempt: int, local: Path, log_file: Path) -> None:
+        worktree = step_worktree.with_options(name="worktree")(self)
+        step_inputs.with_options(name="inputs")(self, local / "inputs")
+        prompt_file = local / "prompt.md"
+        prompt_file.write_text(self.prompt_text())
+        invocation = AgentInvocation(
+            unit_id=self.unit.id,
+            feature_id=self.ctx.feature_id,
+            worktree=worktree,
+            prompt_file=prompt_file,
+            inputs_dir=local / "inputs",
+            outputs_dir=local / "outputs",
+            summary_file=local / "summary.md",
+            new_units_file=local / "new-units.json",
+            request_dir=Path(self.ctx.request_dir),
+            log_file=log_file,
+            timeout_s=self.job.settings.timeout_s,
+            attempt=attempt,
+            extra_env=self.workspace.env,  # agents that commit need an identity too
+        )
+        tests: TestReport | None = None
+        for iteration in range(1, self.job.settings.max_iterations + 1):
+            self.save(iterations=iteration)
+            invocation = invocation.model_copy(update={"iteration": iteration})
+            name = f"agent-iteration-{iteration}"
+            step_agent.with_options(name=name, task_run_name=name)(self, invocation)
+            tests = step_tests.with_options(name="tests")(self, worktree, log_file)
+            self.save(tests=tests)
+            if tests is None or tests.ok:
+                break
+            with prompt_file.open("a") as prompt:
+                prompt.write(feedback(iteration, tests))
+        if tests is not None and not tests.ok:
+            raise AttemptFailed(
+                FailureClass.TESTS_FAILED,
+                f"tests failed after {self.record.iterations} iteration(s): {tests.one_line()}",
+            )
+        step_commit.with_options(name="commit")(self, worktree, local / "summary.md")
+        step_outputs.with_options(name="outputs")(self, local / "outputs")
+        self.workspace.remove_worktree(worktree)
+
+    def prompt_text(self) -> str:
+        unit, feature = self.unit, self.ctx.request.feature
+        lines = [
+            f"# {unit.display_title}",
+            "",
+            unit.prompt or unit.display_title,
+            "",
+            f"This unit is part of the feature: {feature.title}.",
+        ]
+        if feature.description:
+            lines += ["", feature.description]
+        if unit.touches:
+            lines += ["", "Files you are expected to change: " + ", ".join(unit.touches)]
+        if unit.inputs:
+            lines += [
+                "",
+                "Inputs from other units are in $FLOTILLA_INPUTS_DIR: " + ", ".join(unit.inputs),
+            ]
+        if unit.outputs:
+            lines += [
+                "",
+                "Write these outputs to $FLOTILLA_OUTPUTS_DIR: " + ", ".join(unit.outputs),
+            ]
+        return "\n".join(lines) + "\n"
+
+
+def feedback(iteration: int, tests: TestReport) -> str:
+    tail = "\n".join(tests.output_tail.splitlines()[-TAIL_FOR_PROMPT:])
+    return (
+        f"\n## The tests failed after iteration {iteration}\n\n"
+        f"Command: `{tests.command}` — {tests.one_line()}\n\n```\n{tail}\n```\n"
+        "Fix the code so that these tests pass.\n"
+    )
+
+
+@task(persist_result=False, cache_policy=NO_CACHE)
+def step_worktree(runner: UnitRunner) -> Path:
+    runner.save(step="worktree")
+    ws = runner.workspace
+    start = ws.start_commit(
+        runner.job.base_commit, runner.job.dep_branches, f"Start of unit {runner.unit.id}"
+    )
+    runner.save(start_commit=start)
+    return ws.create_worktree(runner.record.branch, start)
+
+
+@task(persist_result=False, cache_policy=NO_CACHE)
+def step_inputs(runner: UnitRunner, inputs_dir: Path) -> None:
+    runner.save(step="inputs")
+    for ref in runner.unit.inputs:
+        producer, name = ref.split("/", 1)
+        key = runner.runs.output_key(producer, name)
+        if not runner.runs.store.exists(key):
+            raise AttemptFailed(
+                FailureClass.ERROR,
+                f"input {ref!r} is missing from the store ({runner.runs.store.uri(key)}); "
+                f"unit {producer!r} did not publish it",
+            )
+        runner.runs.store.download_file(key, inputs_dir / producer / name)
+
+
+@task(persist_result=False, cache_policy=NO_CACHE)
+def step_agent(runner: UnitRunner, invocation: AgentInvocation) -> AgentOutcome:
+    settings = get_settings()
+    waited = 0.0
+    while True:
+        runner.save(step=f"agent (iteration {invocation.iteration})")
+        try:
+            outcome = run_agent(runner.job.settings.agent, invocation)
+        except AgentError as exc:
+            raise AttemptFailed(FailureClass.ERROR, str(exc)) from None
+        if outcome.ok:
+            return outcome
+        if outcome.rate_limited:
+            wait = min(
+                outcome.retry_after_s or settings.rate_limit_default_wait_s,
+                settings.rate_limit_max_wait_s,
+            )
+            if waited + wait > settings.rate_limit_total_wait_s:
+                raise AttemptFailed(
+                    FailureClass.RATE_LIMITED,
+                    f"agent was rate-limited for more than {settings.rate_limit_total_wait_s:.0f}s",
+                )
+            runner.save(step=f"rate-limited, waiting {wait:.0f}s (no attempt spent)")
+            time.sleep(wait)
+            waited += wait
+            continue
+        if outcome.timed_out:
+            raise AttemptFailed(
+                FailureClass.TIMED_OUT, f"agent timed out after {invocation.timeout_s:g} s"
+            )
+        tail = "\n".join(outcome.output_tail.splitlines()[-5:])
+        raise AttemptFailed(
+            FailureClass.AGENT_FAILED, f"agent exited with code {outcome.exit_code}:\n{tail}"
+        )
+
+
+@task(persist_result=False, cache_policy=NO_CACHE)
+def step_tests(runner: UnitRunner, worktree: Path, log_file: Path) -> TestReport | None:
+    command = runner.job.settings.test
+    if not command:
+        return None
+    runner.save(step="tests")
+    report = run_tests(
+        command, cwd=worktree, timeout_s=runner.job.settings.timeout_s, log_file=log_file
+    )
+    runner.runs.store.write_json(runner.runs.unit_tests_key(runner.unit.id), report)
+    return report
+
+
+@task(persist_result=False, cache_policy=NO_CACHE)
+def step_commit(runner: UnitRunner, worktree: Path, summary_file: Path) -> str:
+    runner.save(step="commit")
+    summary = summary_file.read_text().strip() if summary_file.exists() else ""
+    message = f"{runner.unit.display_title}\n\n{summary}\n\nFlotilla-Unit: {runner.unit.id}\n"
+    sha = runner.workspace.commit_all(worktree, message)
+    files = runner.workspace.changed_files(runner.record.start_commit, sha)
+    runner.runs.store.write_text(runner.runs.summary_key(runner.unit.id), summary + "\n")
+    runner.save(commit=sha, files_changed=files, summary=summary)
+    return sha
+
+
+@task(persist_result=False, cache_policy=NO_CACHE)
+def step_outputs(runner: UnitRunner, outputs_dir: Path) -> list[str]:
+    runner.save(step="outputs")
+    missing = [n for n in runner.unit.outputs if not (outputs_dir / n).is_file()]
+    if missing:
+        raise AttemptFailed(
+            FailureClass.AGENT_FAILED,
+            f"agent did not write its declared output(s) {', '.join(missing)} to "
+            "$FLOTILLA_OUTPUTS_DIR",
+        )
+    published = runner.runs.store.upload_dir(
+        runner.runs.outputs_prefix(runner.unit.id), outputs_dir
+    )
+    runner.save(outputs=sorted(p.name for p in outputs_dir.iterdir() if p.is_file()))
+    return published
