@@ -8,10 +8,10 @@ from pydantic import BaseModel
 from flotilla.results import UnitRecord, UnitStatus
 from flotilla.runs import RunContext
 from flotilla.spec import UnitSpec
+from flows.integrate import MergeResult
 from tasks.publishing import PullRequestDraft, render_pr
 from tasks.reporting import publish_pr_artifact
 from tasks.units import run_store_for, workspace_for
-from flows.integrate import MergeResult
 
 
 class PublishResult(BaseModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from flotilla.errors import SpecError, Problem
+from flotilla.errors import Problem, SpecError
 from flotilla.plan import Plan
 from flotilla.runs import RunContext
 

@@ -7,6 +7,7 @@ group gets SIGTERM, then SIGKILL.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -107,10 +108,8 @@ def kill_group(proc: subprocess.Popen) -> None:
             break
         time.sleep(0.05)
     else:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     proc.wait()
 
 

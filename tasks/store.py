@@ -22,9 +22,9 @@ from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_json
 
-from flotilla.settings import get_settings
 from flotilla.errors import RunError
 from flotilla.results import UnitRecord
+from flotilla.settings import get_settings
 
 M = TypeVar("M", bound=BaseModel)
 
