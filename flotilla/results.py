@@ -167,3 +167,28 @@ class FeatureResult(BaseModel):
     @property
     def ok(self) -> bool:
         return self.status == FeatureStatus.SUCCEEDED
+
+
+class RunState(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    PAUSED = "paused"
+    CRASHED = "crashed"
+
+
+class RunSummary(BaseModel):
+    """`runs/<key>/state.json`: the run as a whole, for `flotilla runs` and the nightly inbox."""
+
+    run_key: str
+    feature_id: str
+    title: str
+    state: RunState = RunState.RUNNING
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+    units_total: int = 0
+    units_done: int = 0
+    flow_run_id: str = ""
+    host: str = ""
+    pid: int = 0
+    error: str = ""

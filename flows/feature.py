@@ -6,6 +6,8 @@ travels in one `RunContext`, which is also saved to the store so a run can be re
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -13,7 +15,14 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flotilla.errors import FlotillaError, RunError
 from flotilla.loading import load_request, load_workflow
-from flotilla.results import FeatureResult, FeatureStatus, UnitStatus
+from flotilla.results import (
+    FeatureResult,
+    FeatureStatus,
+    RunState,
+    RunSummary,
+    UnitStatus,
+    utcnow,
+)
 from flotilla.runs import RunContext, check_run_key, new_run_key, resolve_repo
 from flotilla.settings import get_settings
 from flows.decompose import decompose
@@ -84,8 +93,18 @@ def feature(
 def run_feature(ctx: RunContext) -> FeatureResult:
     logger = get_run_logger()
     runs = run_store_for(ctx)
-    runs.store.write_json(runs.prefix + "/run.json", ctx)
+    runs.store.write_json(runs.context_key, ctx)
     runs.store.write_json(runs.request_key, ctx.request)
+    summary = RunSummary(
+        run_key=ctx.run_key,
+        feature_id=ctx.feature_id,
+        title=ctx.request.feature.title,
+        units_total=len(ctx.request.units),
+        flow_run_id=str(flow_run_ctx.id) if (flow_run_ctx := _flow_run()) else "",
+        host=socket.gethostname(),
+        pid=os.getpid(),
+    )
+    runs.store.write_json(runs.state_key, summary)
     logger.info("Run %s: feature %s on %s@%s", ctx.run_key, ctx.feature_id, ctx.repo, ctx.base)
     base_commit = workspace_for(ctx).prepare()
 
@@ -134,10 +153,28 @@ def run_feature(ctx: RunContext) -> FeatureResult:
     if error or not complete:
         result.status = FeatureStatus.FAILED
         result.error = error or "the workflow did not implement and merge every unit"
-    runs.store.write_json(runs.prefix + "/feature/result.json", result)
+    runs.store.write_json(runs.result_key, result)
+    done = sum(1 for r in result.units if r.status == UnitStatus.SUCCEEDED)
+    summary = summary.model_copy(
+        update={
+            "state": RunState.SUCCEEDED if result.ok else RunState.FAILED,
+            "finished_at": utcnow(),
+            "units_total": len(result.units) or summary.units_total,
+            "units_done": done,
+            "error": result.error,
+        }
+    )
+    runs.store.write_json(runs.state_key, summary)
     if result.status != FeatureStatus.SUCCEEDED:
         raise FeatureFailed(f"Feature {ctx.feature_id} (run {ctx.run_key}) failed: {result.error}")
     return result
+
+
+def _flow_run():
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return ctx.flow_run if ctx else None
 
 
 def _failed_units_message(implemented: ImplementResult) -> str:

@@ -358,6 +358,9 @@ class RunStore:
         self.feature_report_key = f"{self.prefix}/feature/report.md"
         self.pr_key = f"{self.prefix}/feature/pr.md"
         self.feature_tests_key = f"{self.prefix}/feature/tests.json"
+        self.context_key = f"{self.prefix}/run.json"
+        self.state_key = f"{self.prefix}/state.json"
+        self.result_key = f"{self.prefix}/feature/result.json"
 
     def __repr__(self) -> str:
         return f"RunStore({self.store.uri(self.prefix)!r})"

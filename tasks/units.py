@@ -24,6 +24,7 @@ from flotilla.settings import get_settings
 from flotilla.spec import UnitSpec
 from tasks.agents import AgentInvocation, AgentOutcome, run_agent
 from tasks.checks import run_tests
+from tasks.stats import record_duration
 from tasks.store import ArtifactStore, RunStore
 from tasks.workspace import Workspace, identity_env
 
@@ -116,6 +117,7 @@ class UnitRunner:
                 finished_at=utcnow(),
                 duration_s=time.monotonic() - started,
             )
+            record_duration(self.runs.store, self.job.settings.resources, self.record.duration_s)
             return self.record
         self.save(
             status=UnitStatus.FAILED,

@@ -1,0 +1,7 @@
+"""`flotilla status`, `runs`, `artifacts`."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    """No commands here yet."""
