@@ -2,6 +2,8 @@
 
 Edges point from a unit to the units that must wait for it; each edge records why (an explicit
 `depends_on`, an `inputs` artifact, or a file conflict) so `flotilla plan` can explain itself.
+Units are weighted by `estimate_s`, else the typical duration recorded for their resource class,
+else 1; the weights give the critical path and the makespan lower bound.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 from pydantic import BaseModel
 
+from flotilla.conflicts import ConflictGroup, effective_touches, serialize_conflicts
 from flotilla.spec import (
     AgentSpec,
     FeatureInfo,
@@ -18,6 +21,7 @@ from flotilla.spec import (
     RetryPolicy,
     StageSpec,
     UnitSpec,
+    WorkflowSpec,
 )
 
 DEFAULT_RESOURCES = {"light": 10, "standard": 5, "heavy": 2}
@@ -36,16 +40,49 @@ class UnitSettings(BaseModel):
 
 
 @dataclass
+class LowerBound:
+    """`max(critical path, Σ work per class / limit, Σ work / max_concurrent)`, with its terms."""
+
+    value: float
+    critical_path: float
+    per_class: dict[str, float]
+    stage: float | None
+
+    def to_json(self) -> dict:
+        return {
+            "value": self.value,
+            "critical_path": self.critical_path,
+            "per_class": self.per_class,
+            "stage": self.stage,
+        }
+
+
+@dataclass
 class Plan:
     feature: FeatureInfo
     units: dict[str, UnitSpec]
     graph: nx.DiGraph
     settings: dict[str, UnitSettings] = field(default_factory=dict)
     resources: dict[str, int] = field(default_factory=dict)
+    durations: dict[str, float] = field(default_factory=dict)
+    conflict_groups: list[ConflictGroup] = field(default_factory=list)
+    max_concurrent: int | None = None
+    unknown_touches: str = "trust"
 
     @classmethod
-    def from_request(cls, request: FeatureRequest, stage: StageSpec | None = None) -> Plan:
-        """Build the DAG from a request that `flotilla.validation` already accepted."""
+    def from_request(
+        cls,
+        request: FeatureRequest,
+        stage: StageSpec | None = None,
+        workflow: WorkflowSpec | None = None,
+        durations: dict[str, float] | None = None,
+    ) -> Plan:
+        """Build the DAG from a request that `flotilla.validation` already accepted.
+
+        `stage` is the work_loop stage (retry policy, `max_concurrent`); `workflow` adds its
+        resource classes and `unknown_touches`; `durations` are typical seconds per resource
+        class (from the store) for units without `estimate_s`.
+        """
         units = {u.id: u for u in request.units}
         graph = nx.DiGraph()
         for unit in request.units:
@@ -55,9 +92,32 @@ class Plan:
                 _add_edge(graph, dep, unit.id, "depends_on")
             for ref in unit.inputs:
                 _add_edge(graph, ref.split("/", 1)[0], unit.id, "input")
-        resources = {**DEFAULT_RESOURCES, **request.resources}
-        settings = {u.id: resolve_settings(request, u, stage) for u in request.units}
-        return cls(request.feature, units, graph, settings, resources)
+        if stage is None and workflow is not None:
+            stage = workflow.stage_for("work_loop")
+        unknown = workflow.workflow.unknown_touches if workflow else "trust"
+        plan = cls(
+            request.feature,
+            units,
+            graph,
+            {u.id: resolve_settings(request, u, stage) for u in request.units},
+            resource_limits(request, workflow),
+            dict(durations or {}),
+            max_concurrent=stage.max_concurrent if stage else None,
+            unknown_touches=unknown,
+        )
+        touches = {u.id: effective_touches(u.touches, unknown) for u in request.units}
+        rank = plan.urgency_rank()
+        _, _, plan.conflict_groups = serialize_conflicts(graph, touches, rank)
+        return plan
+
+    def urgency_rank(self) -> list[str]:
+        """Every unit, most urgent first: priority, remaining critical path, request order."""
+        remaining = self.remaining_path()
+        position = {u: i for i, u in enumerate(self.units)}
+        return sorted(
+            self.units,
+            key=lambda u: (-self.units[u].priority, -remaining[u], position[u]),
+        )
 
     def index(self, unit_id: str) -> int:
         return list(self.units).index(unit_id)
@@ -85,11 +145,14 @@ class Plan:
         return [u for u in self.order() if u in found]
 
     def weight(self, unit_id: str, durations: dict[str, float] | None = None) -> float:
+        """`estimate_s`, else the typical duration of the unit's class, else 1."""
         estimate = self.units[unit_id].estimate_s
         if estimate:
             return estimate
-        if durations and self.settings[unit_id].resources in durations:
-            return durations[self.settings[unit_id].resources]
+        known = self.durations if durations is None else durations
+        resources = self.settings[unit_id].resources
+        if known and resources in known and known[resources] > 0:
+            return known[resources]
         return 1.0
 
     def remaining_path(self, durations: dict[str, float] | None = None) -> dict[str, float]:
@@ -113,6 +176,36 @@ class Plan:
             path.append(current)
         return path, remaining[path[0]]
 
+    def work_per_class(self, durations: dict[str, float] | None = None) -> dict[str, float]:
+        """Σ unit weights per resource class."""
+        work: dict[str, float] = {}
+        for unit in self.units:
+            name = self.settings[unit].resources
+            work[name] = work.get(name, 0.0) + self.weight(unit, durations)
+        return work
+
+    def lower_bound(self, durations: dict[str, float] | None = None) -> LowerBound:
+        """No schedule can finish sooner: the critical path, each class's work spread over its
+        limit, and all work spread over the stage's `max_concurrent`."""
+        _, path = self.critical_path(durations)
+        work = self.work_per_class(durations)
+        per_class = {
+            name: total / self.resources[name]
+            for name, total in work.items()
+            if self.resources.get(name)
+        }
+        stage = sum(work.values()) / self.max_concurrent if self.max_concurrent else None
+        value = max([path, *per_class.values(), stage or 0.0])
+        return LowerBound(value, path, per_class, stage)
+
+    def used_classes(self) -> dict[str, int | None]:
+        """Every declared class with its limit, then classes units use without a limit."""
+        used = {s.resources for s in self.settings.values()}
+        found: dict[str, int | None] = dict(self.resources)
+        for name in sorted(used - set(self.resources)):
+            found[name] = None
+        return found
+
     def edge_reasons(self) -> list[tuple[str, str, list[str]]]:
         return [(a, b, sorted(d["reasons"])) for a, b, d in self.graph.edges(data=True)]
 
@@ -126,8 +219,23 @@ class Plan:
             "edges": [{"from": a, "to": b, "reasons": r} for a, b, r in self.edge_reasons()],
             "critical_path": path,
             "critical_path_length": length,
+            "lower_bound": self.lower_bound().to_json(),
+            "weights": {u: self.weight(u) for u in self.units},
+            "durations": self.durations,
+            "conflict_groups": [g.to_json() for g in self.conflict_groups],
+            "unknown_touches": self.unknown_touches,
             "resources": self.resources,
+            "unit_resources": {u: s.resources for u, s in self.settings.items()},
+            "max_concurrent": self.max_concurrent,
         }
+
+
+def resource_limits(
+    request: FeatureRequest, workflow: WorkflowSpec | None = None
+) -> dict[str, int]:
+    """Resource classes and limits: built-in defaults, then the workflow's, then the request's."""
+    from_workflow = workflow.workflow.resources if workflow else {}
+    return {**DEFAULT_RESOURCES, **from_workflow, **request.resources}
 
 
 def _add_edge(graph: nx.DiGraph, before: str, after: str, reason: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -95,6 +96,18 @@ class TestReport(BaseModel):
         )
 
 
+class ReworkNote(BaseModel):
+    """One time the merge stage had a unit's agent redo its work (a conflict or a test gate)."""
+
+    reason: Literal["conflict", "gate"]
+    onto: str = ""  # the feature commit the new work was built on
+    previous_commit: str = ""
+    paths: list[str] = Field(default_factory=list)
+    ok: bool = False
+    attempts: int = 0
+    detail: str = ""
+
+
 class UnitRecord(BaseModel):
     """A unit's entry in the run ledger: the single source of truth for its state."""
 
@@ -121,6 +134,7 @@ class UnitRecord(BaseModel):
     failure_class: FailureClass | None = None
     log_path: str = ""
     blocked_by: list[str] = Field(default_factory=list)
+    reworks: list[ReworkNote] = Field(default_factory=list)
 
     def line(self) -> str:
         """One line for the end-of-run summary."""
@@ -144,6 +158,7 @@ class MergeRecord(BaseModel):
     commit: str
     conflicts: list[str] = Field(default_factory=list)
     reimplemented: bool = False
+    fixed_for_gate: bool = False
 
 
 class FeatureResult(BaseModel):
@@ -192,3 +207,5 @@ class RunSummary(BaseModel):
     host: str = ""
     pid: int = 0
     error: str = ""
+    base_commit: str = ""  # pinned at the first start; a resume builds on the same commit
+    resumes: int = 0  # how often `flotilla resume`/`retry` carried this run on

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,6 +31,18 @@ class FlotillaSettings(BaseSettings):
     )
     rate_limit_total_wait_s: float = Field(
         6 * 3600.0, ge=0, description="After this much waiting in one attempt, the unit fails."
+    )
+    github_token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("GITHUB_TOKEN", "FLOTILLA_GITHUB_TOKEN"),
+        description="Token for the github PR provider, unless `publish.token_secret_block` "
+        "names a Prefect Secret block. Never logged or stored.",
+    )
+    github_max_wait_s: float = Field(
+        120.0, ge=0, description="Longest single wait for GitHub's rate limit or a 5xx retry."
+    )
+    github_retries: int = Field(
+        4, ge=0, le=20, description="Retries of one GitHub API call (rate limit, 5xx, network)."
     )
 
 

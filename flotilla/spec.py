@@ -179,6 +179,22 @@ class PublishSpec(StrictModel):
     remote: str | None = Field(
         None, description="Git remote URL to push to; defaults to the target repository."
     )
+    token_secret_block: str | None = Field(
+        None,
+        min_length=1,
+        description="Name of a Prefect Secret block holding the GitHub token; "
+        "without it the token comes from GITHUB_TOKEN.",
+    )
+
+    @model_validator(mode="after")
+    def _github_needs_repo(self) -> PublishSpec:
+        if self.provider == "github" and not (
+            self.repo and re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", self.repo)
+        ):
+            raise ValueError("the github provider needs `repo` as 'owner/name', e.g. 'acme/app'")
+        if not re.match(r"^https?://[^/\s]+", self.api_url):
+            raise ValueError("`api_url` must be an http(s) URL, e.g. https://api.github.com")
+        return self
 
 
 class FeatureRequest(StrictModel):
@@ -213,11 +229,24 @@ class StageSpec(StrictModel):
     max_concurrent: int = Field(5, ge=1, le=1000, description="Units running at once.")
     retry_policy: RetryPolicy | None = Field(None, description="Least specific retry policy.")
     mode: Literal["static", "llm"] = Field("static", description="Decomposer mode.")
+    agent: AgentRef | None = Field(
+        None,
+        description="llm decomposer: the agent that plans (a name from the request's `agents`, "
+        "a preset, or an inline agent); defaults to the request's `defaults.agent`.",
+    )
+    max_rounds: int = Field(
+        3, ge=1, le=10, description="llm decomposer: answers asked for before giving up."
+    )
     merge_strategy: Literal["merge", "squash", "sequential_rebase"] = Field(
         "merge", description="How unit branches become the feature branch."
     )
     on_conflict: Literal["reimplement", "fail"] = Field(
         "reimplement", description="What a merge conflict does."
+    )
+    on_gate_failure: Literal["fail", "fix"] = Field(
+        "fail",
+        description="When the feature's tests fail after merging: stop naming the unit that "
+        "broke them (found by bisection), or have that unit's agent fix it and merge again.",
     )
     allow_partial: bool = Field(False, description="Merge and publish despite failed units.")
 

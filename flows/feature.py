@@ -6,11 +6,10 @@ travels in one `RunContext`, which is also saved to the store so a run can be re
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.states import Cancelled, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flotilla.errors import FlotillaError, RunError
@@ -18,10 +17,8 @@ from flotilla.loading import load_request, load_workflow
 from flotilla.results import (
     FeatureResult,
     FeatureStatus,
-    RunState,
     RunSummary,
     UnitStatus,
-    utcnow,
 )
 from flotilla.runs import RunContext, check_run_key, new_run_key, resolve_repo
 from flotilla.settings import get_settings
@@ -29,8 +26,20 @@ from flows.decompose import decompose
 from flows.implement import ImplementResult, implement
 from flows.integrate import MergeResult, merge
 from flows.publish import PublishResult, finalize
-from tasks.store import ArtifactStore
-from tasks.units import run_store_for, workspace_for
+from tasks.control import pause_requested
+from tasks.lifecycle import (
+    begin,
+    finish,
+    load_context,
+    pin_base,
+    saved_units,
+    stopped,
+    write_failure_report,
+)
+from tasks.reporting import publish_run_report
+from tasks.resources import apply_run_resources
+from tasks.store import ArtifactStore, RunStore
+from tasks.units import run_store_for
 
 
 class FeatureFailed(FlotillaError):
@@ -78,55 +87,99 @@ def build_context(
 
 @flow(name="feature", persist_result=False, log_prints=True)
 def feature(
-    request: str,
+    request: str | None = None,
     repo: str | None = None,
     base: str | None = None,
     workflow: str | None = None,
     store: str | None = None,
     run_key: str | None = None,
     workdir: str | None = None,
+    resume: bool = False,
+    rerun: list[str] | None = None,
+    force: bool = False,
+) -> FeatureResult | State:
+    """Run a feature request; or, with `resume` and `run_key`, carry on a run from the store.
+
+    `rerun` (with `resume`) names succeeded units to run again, with everything after them.
+    A paused run ends Cancelled, named "Paused": it stopped on request, before the end.
+    """
+    if resume:
+        if not run_key:
+            raise RunError("Resuming needs the run key of the run to carry on (run_key).")
+        ctx = load_context(run_key, store)
+    elif request is None:
+        raise RunError("Pass a feature request file (request), or resume=True with a run_key.")
+    else:
+        ctx = build_context(request, repo, base, workflow, store, run_key, workdir)
+    result = run_feature(ctx, resume=resume, rerun=rerun, force=force)
+    if result.status == FeatureStatus.PAUSED:
+        return Cancelled(name="Paused", message=result.error)
+    return result
+
+
+def run_feature(
+    ctx: RunContext, resume: bool = False, rerun: list[str] | None = None, force: bool = False
 ) -> FeatureResult:
-    ctx = build_context(request, repo, base, workflow, store, run_key, workdir)
-    return run_feature(ctx)
-
-
-def run_feature(ctx: RunContext) -> FeatureResult:
     logger = get_run_logger()
     runs = run_store_for(ctx)
-    runs.store.write_json(runs.context_key, ctx)
-    runs.store.write_json(runs.request_key, ctx.request)
-    summary = RunSummary(
-        run_key=ctx.run_key,
-        feature_id=ctx.feature_id,
-        title=ctx.request.feature.title,
-        units_total=len(ctx.request.units),
-        flow_run_id=str(flow_run_ctx.id) if (flow_run_ctx := _flow_run()) else "",
-        host=socket.gethostname(),
-        pid=os.getpid(),
-    )
-    runs.store.write_json(runs.state_key, summary)
-    logger.info("Run %s: feature %s on %s@%s", ctx.run_key, ctx.feature_id, ctx.repo, ctx.base)
-    base_commit = workspace_for(ctx).prepare()
+    flow_run = _flow_run()
+    flow_run_id = str(flow_run.id) if flow_run else ""
+    summary = begin(ctx, runs, resume, flow_run_id, logger, force)
+    try:
+        return _run_stages(ctx, runs, summary, resume, rerun or [])
+    except FeatureFailed:
+        raise
+    except BaseException as exc:
+        stopped(runs, summary, exc)
+        raise
+
+
+def _run_stages(
+    ctx: RunContext, runs: RunStore, summary: RunSummary, resume: bool, rerun: list[str]
+) -> FeatureResult:
+    logger = get_run_logger()
+    verb = f"Resuming run {ctx.run_key} (resume {summary.resumes})" if resume else "Run"
+    if not resume:
+        verb += f" {ctx.run_key}"
+    logger.info("%s: feature %s on %s@%s", verb, ctx.feature_id, ctx.repo, ctx.base)
+    apply_run_resources(ctx)  # tag concurrency limits per resource class, before any unit
+    base_commit, summary = pin_base(ctx, runs, summary, logger)
 
     units = list(ctx.request.units)
+    paused = False
     implemented: ImplementResult | None = None
     merged: MergeResult | None = None
     published: PublishResult | None = None
     error = ""
     for stage in ctx.workflow.workflow.stages:
+        if implemented is not None and pause_requested(runs):
+            logger.warning("Pause requested: stopping before stage %s.", stage.name)
+            paused = True
+            break
         if stage.processor == "plan_decomposer":
-            units = decompose.with_options(name=stage.name)(ctx)
+            saved = saved_units(runs) if resume else None
+            if saved is not None:
+                logger.info("Resuming with the saved plan: %d unit(s).", len(saved))
+                units = saved
+            else:
+                units = decompose.with_options(name=stage.name)(ctx)
         elif stage.processor == "work_loop":
             runner = ThreadPoolTaskRunner(max_workers=stage.max_concurrent)
             implemented = implement.with_options(name=stage.name, task_runner=runner)(
-                ctx, units, base_commit
+                ctx, units, base_commit, rerun
             )
+            units = implemented.units or units
+            if implemented.paused:
+                paused = True
+                break
             if not implemented.all_succeeded and not stage.allow_partial:
                 error = _failed_units_message(implemented)
                 break
         elif stage.processor == "pr_merger":
             records = implemented.records if implemented else {}
             merged = merge.with_options(name=stage.name)(ctx, units, records, base_commit)
+            if implemented:  # units the merge stage re-did for a conflict or the test gate
+                implemented.records.update(merged.records)
             if not merged.ok:
                 error = _merge_message(merged)
                 break
@@ -143,6 +196,7 @@ def run_feature(ctx: RunContext) -> FeatureResult:
         feature_commit=merged.commit if merged else "",
         base_branch=ctx.base,
         pr_path=published.pr_path if published else "",
+        pr_url=published.pr_url if published else "",
         units=list(implemented.records.values()) if implemented else [],
         merge_order=merged.merge_order if merged else [],
         merges=merged.merges if merged else [],
@@ -150,21 +204,20 @@ def run_feature(ctx: RunContext) -> FeatureResult:
         error=error,
     )
     complete = implemented is not None and implemented.all_succeeded and merged and merged.ok
-    if error or not complete:
+    if paused:
+        result.status = FeatureStatus.PAUSED
+        result.error = _paused_message(ctx, result)
+    elif error or not complete:
         result.status = FeatureStatus.FAILED
-        result.error = error or "the workflow did not implement and merge every unit"
+        result.error = error or _partial_message(implemented, merged)
     runs.store.write_json(runs.result_key, result)
-    done = sum(1 for r in result.units if r.status == UnitStatus.SUCCEEDED)
-    summary = summary.model_copy(
-        update={
-            "state": RunState.SUCCEEDED if result.ok else RunState.FAILED,
-            "finished_at": utcnow(),
-            "units_total": len(result.units) or summary.units_total,
-            "units_done": done,
-            "error": result.error,
-        }
-    )
-    runs.store.write_json(runs.state_key, summary)
+    publish_run_report(ctx, result)
+    if result.status == FeatureStatus.FAILED:
+        write_failure_report(ctx, runs, result)
+    finish(runs, summary, result)
+    if result.status == FeatureStatus.PAUSED:
+        logger.warning("Run %s paused: %s", ctx.run_key, result.error)
+        return result
     if result.status != FeatureStatus.SUCCEEDED:
         raise FeatureFailed(f"Feature {ctx.feature_id} (run {ctx.run_key}) failed: {result.error}")
     return result
@@ -188,8 +241,20 @@ def _failed_units_message(implemented: ImplementResult) -> str:
 
 
 def _merge_message(merged: MergeResult) -> str:
-    if merged.conflict:
-        c = merged.conflict
-        return f"merging unit {c.unit_id!r} conflicts in {', '.join(c.paths)}"
-    gate = merged.gate
-    return f"the feature's test gate failed: {gate.one_line() if gate else 'not run'}"
+    return merged.failure_message()
+
+
+def _partial_message(implemented: ImplementResult | None, merged: MergeResult | None) -> str:
+    if implemented is None or merged is None:
+        return "the workflow did not implement and merge every unit"
+    missing = [u for u, r in implemented.records.items() if r.status != UnitStatus.SUCCEEDED]
+    return (
+        f"partial feature: {len(missing)} unit(s) missing ({', '.join(missing)}); the others "
+        "were merged and published because the work_loop stage says allow_partial"
+    )
+
+
+def _paused_message(ctx: RunContext, result: FeatureResult) -> str:
+    waiting = [r.unit_id for r in result.units if r.status != UnitStatus.SUCCEEDED]
+    left = f"{len(waiting)} unit(s) not done ({', '.join(waiting)})" if waiting else "no unit left"
+    return f"paused on request with {left}; `flotilla resume {ctx.run_key}` carries it on"

@@ -2,27 +2,37 @@
 
 A unit starts only after everything it depends on has succeeded; a failed unit blocks only its
 dependents; finished units from an earlier run with the same fingerprint are reused, not redone.
+Between submissions the loop reads the store for a pause request; after each finished unit it
+writes a checkpoint and takes in the follow-up units the unit's agent proposed.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+from logging import Logger, LoggerAdapter
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from flotilla.growth import AddedUnit, review_proposals
 from flotilla.plan import Plan
-from flotilla.results import UnitRecord, UnitStatus, utcnow
+from flotilla.results import FailureClass, UnitRecord, UnitStatus, utcnow
 from flotilla.runs import RunContext, unit_fingerprint
 from flotilla.scheduling import blocked_by_failures, by_urgency, ready_units
 from flotilla.spec import UnitSpec
-from tasks.reporting import publish_unit_table
+from tasks.checkpoints import CheckpointWriter
+from tasks.control import load_added, pause_requested, proposals_key, save_added
+from tasks.reporting import TICK_S, publish_unit_table, start_run_report
+from tasks.stats import typical_durations
 from tasks.units import UnitJob, run_store_for, run_unit, workspace_for
 
 
 class ImplementResult(BaseModel):
     records: dict[str, UnitRecord]
+    units: list[UnitSpec] = Field(default_factory=list, description="The plan's units at the end")
+    added: list[str] = Field(default_factory=list, description="Units that joined mid-run")
+    paused: bool = False
 
     @property
     def all_succeeded(self) -> bool:
@@ -30,92 +40,234 @@ class ImplementResult(BaseModel):
 
 
 @flow(name="implement", persist_result=False)
-def implement(ctx: RunContext, units: list[UnitSpec], base_commit: str) -> ImplementResult:
-    logger = get_run_logger()
-    request = ctx.request.model_copy(update={"units": units})
-    plan = Plan.from_request(request, ctx.stage("work_loop"))
-    stage = ctx.stage("work_loop")
-    limit = stage.max_concurrent if stage else 5
-    runs = run_store_for(ctx)
-    workspace = workspace_for(ctx)
-    remaining = plan.remaining_path()
-
-    status: dict[str, UnitStatus] = {u: UnitStatus.PENDING for u in plan.units}
-    records: dict[str, UnitRecord] = {}
-    ledger = runs.read_ledger()
-    running: dict[cf.Future, tuple[str, PrefectFuture]] = {}
-
-    def job_for(unit_id: str) -> UnitJob:
-        deps = plan.ancestors(unit_id)
-        dep_commits = {d: records[d].commit for d in deps}
-        settings = plan.settings[unit_id]
-        return UnitJob(
-            ctx=ctx,
-            unit=plan.units[unit_id],
-            settings=settings,
-            base_commit=base_commit,
-            dep_branches=[ctx.unit_branch(d) for d in deps],
-            fingerprint=unit_fingerprint(
-                plan.units[unit_id], settings.model_dump_json(), base_commit, dep_commits
-            ),
-        )
-
-    def reusable(job: UnitJob) -> UnitRecord | None:
-        previous = ledger.get(job.unit.id)
-        if (
-            previous
-            and previous.status == UnitStatus.SUCCEEDED
-            and previous.fingerprint == job.fingerprint
-            and workspace.branch_sha(previous.branch) == previous.commit
-        ):
-            return previous
-        return None
-
+def implement(
+    ctx: RunContext, units: list[UnitSpec], base_commit: str, rerun: list[str] | None = None
+) -> ImplementResult:
+    """`rerun` names units to run again even if an earlier run of this key finished them."""
+    loop = UnitLoop(ctx, units, base_commit, set(rerun or ()), get_run_logger())
+    loop.report = start_run_report(ctx, loop.plan)
     while True:
-        for unit_id, roots in blocked_by_failures(plan, status).items():
-            status[unit_id] = UnitStatus.BLOCKED
-            records[unit_id] = UnitRecord(
+        loop.block_dependents()
+        reused = 0 if loop.pausing() else loop.submit_ready()
+        if not loop.running:
+            if reused:
+                continue  # reused units made more units ready
+            break
+        done, _ = cf.wait(list(loop.running), timeout=TICK_S, return_when=cf.FIRST_COMPLETED)
+        for raw in done:
+            loop.finish(raw)
+        publish_unit_table(ctx.feature_id, loop.table(), ctx.run_key)
+    publish_unit_table(ctx.feature_id, loop.table(), ctx.run_key)
+    return loop.result()
+
+
+class UnitLoop:
+    """The scheduler's state: the plan (which may grow), each unit's status, what runs now."""
+
+    def __init__(
+        self,
+        ctx: RunContext,
+        units: list[UnitSpec],
+        base_commit: str,
+        rerun: set[str],
+        logger: Logger | LoggerAdapter,
+    ):
+        self.ctx, self.base_commit, self.rerun, self.logger = ctx, base_commit, rerun, logger
+        self.runs = run_store_for(ctx)
+        self.workspace = workspace_for(ctx)
+        self.stage = ctx.stage("work_loop")
+        self.limit = self.stage.max_concurrent if self.stage else 5
+        self.durations = typical_durations(self.runs.store)
+        self.added = load_added(self.runs)
+        known = {u.id for u in units}
+        self.units = [*units, *(u for u in self.added.specs() if u.id not in known)]
+        self.report = None
+        self._replan()
+        self.status: dict[str, UnitStatus] = {u: UnitStatus.PENDING for u in self.plan.units}
+        self.records: dict[str, UnitRecord] = {}
+        self.ledger = self.runs.read_ledger()
+        self.running: dict[cf.Future, tuple[str, PrefectFuture]] = {}
+        self.checkpoints = CheckpointWriter(ctx, self.runs, self.workspace)
+        self.pause_seen = False
+        self._mark_pending(list(self.plan.units))
+
+    # -- the plan --------------------------------------------------------------------------
+
+    def _replan(self) -> None:
+        request = self.ctx.request.model_copy(update={"units": self.units})
+        self.plan = Plan.from_request(request, self.stage, self.ctx.workflow, self.durations)
+        self.remaining = self.plan.remaining_path()
+        if self.report is not None:
+            self.report.plan = self.plan
+
+    def _mark_pending(self, unit_ids: list[str]) -> None:
+        """Write `pending` for units with no verdict yet: the ledger lists every unit."""
+        for unit_id in unit_ids:
+            previous = self.ledger.get(unit_id)
+            if previous is None or not previous.status.is_final:
+                self.runs.write_record(_pending(self.ctx, unit_id))
+
+    # -- starting units --------------------------------------------------------------------
+
+    def pausing(self) -> bool:
+        """True once `flotilla pause` asked; from then on no unit starts."""
+        if not self.pause_seen and (request := pause_requested(self.runs)) is not None:
+            self.pause_seen = True
+            self.logger.warning(
+                "Pause requested (%s, pid %d on %s): starting no new unit; waiting for %d in "
+                "flight.",
+                request.requested_at.isoformat(timespec="seconds"),
+                request.pid,
+                request.host,
+                len(self.running),
+            )
+        return self.pause_seen
+
+    def block_dependents(self) -> None:
+        for unit_id, roots in blocked_by_failures(self.plan, self.status).items():
+            self.status[unit_id] = UnitStatus.BLOCKED
+            self.records[unit_id] = UnitRecord(
                 unit_id=unit_id,
                 status=UnitStatus.BLOCKED,
-                branch=ctx.unit_branch(unit_id),
+                branch=self.ctx.unit_branch(unit_id),
                 blocked_by=roots,
                 error=f"blocked by failed unit(s): {', '.join(roots)}",
                 finished_at=utcnow(),
             )
-            runs.write_record(records[unit_id])
-        started = {name for name, _ in running.values()}
-        for unit_id in by_urgency(plan, ready_units(plan, status, started), remaining):
-            if len(running) >= limit:
+            self.runs.write_record(self.records[unit_id])
+
+    def submit_ready(self) -> int:
+        """Start ready units, most urgent first, up to the stage's limit; return how many
+        were reused from an earlier run instead."""
+        reused = 0
+        started = {name for name, _ in self.running.values()}
+        ready = ready_units(self.plan, self.status, started)
+        for unit_id in by_urgency(self.plan, ready, self.remaining):
+            if len(self.running) >= self.limit:
                 break
-            job = job_for(unit_id)
-            if (previous := reusable(job)) is not None:
-                logger.info("Unit %s already succeeded in this run; reusing it.", unit_id)
-                records[unit_id], status[unit_id] = previous, UnitStatus.SUCCEEDED
+            job = self.job_for(unit_id)
+            if (previous := self.reusable(job)) is not None:
+                self.logger.info("Unit %s already succeeded in this run; reusing it.", unit_id)
+                self.records[unit_id], self.status[unit_id] = previous, UnitStatus.SUCCEEDED
+                self.take_proposals(unit_id)
+                reused += 1
                 continue
-            status[unit_id] = UnitStatus.RUNNING
+            self.status[unit_id] = UnitStatus.RUNNING
             future = run_unit.with_options(
                 task_run_name=f"unit-{unit_id}",
-                tags=[f"flotilla:{plan.settings[unit_id].resources}"],
+                tags=[f"flotilla:{self.plan.settings[unit_id].resources}"],
             ).submit(job)
-            running[future.wrapped_future] = (unit_id, future)
-        if not running:
-            if any(s == UnitStatus.PENDING for s in status.values()):
-                continue  # reused units made more units ready
-            break
-        done, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
-        for raw in done:
-            unit_id, _future = running.pop(raw)
-            record = runs.read_record(unit_id)  # the ledger is the source of truth
-            if record is None or not record.status.is_final:
-                state = raw.result() if raw.exception() is None else None
-                message = state.message if state is not None else str(raw.exception())
-                record = _crashed_record(ctx, unit_id, record, message)
-                runs.write_record(record)
-            records[unit_id], status[unit_id] = record, record.status
-            logger.info("Unit %s %s.", unit_id, record.status.value)
-        publish_unit_table(ctx.feature_id, [records.get(u) or _pending(ctx, u) for u in plan.units])
-    publish_unit_table(ctx.feature_id, [records[u] for u in plan.units])
-    return ImplementResult(records={u: records[u] for u in plan.units})
+            self.running[future.wrapped_future] = (unit_id, future)
+        return reused
+
+    def job_for(self, unit_id: str) -> UnitJob:
+        deps = self.plan.ancestors(unit_id)
+        dep_commits = {d: self.records[d].commit for d in deps}
+        settings = self.plan.settings[unit_id]
+        unit = self.plan.units[unit_id]
+        return UnitJob(
+            ctx=self.ctx,
+            unit=unit,
+            settings=settings,
+            base_commit=self.base_commit,
+            dep_branches=[self.ctx.unit_branch(d) for d in deps],
+            fingerprint=unit_fingerprint(
+                unit, settings.model_dump_json(), self.base_commit, dep_commits
+            ),
+        )
+
+    def reusable(self, job: UnitJob) -> UnitRecord | None:
+        """The earlier success of this unit, if nothing it depends on has changed since."""
+        previous = self.ledger.get(job.unit.id)
+        if (
+            job.unit.id not in self.rerun
+            and previous
+            and previous.status == UnitStatus.SUCCEEDED
+            and previous.fingerprint == job.fingerprint
+            and self.workspace.branch_sha(previous.branch) == previous.commit
+        ):
+            return previous
+        return None
+
+    # -- finished units --------------------------------------------------------------------
+
+    def finish(self, raw: cf.Future) -> None:
+        unit_id, _future = self.running.pop(raw)
+        record = self.runs.read_record(unit_id)  # the ledger is the source of truth
+        if record is None or not record.status.is_final:
+            state = raw.result() if raw.exception() is None else None
+            message = state.message if state is not None else str(raw.exception())
+            record = _crashed_record(self.ctx, unit_id, record, message)
+            self.runs.write_record(record)
+        self.records[unit_id], self.status[unit_id] = record, record.status
+        self.logger.info("Unit %s %s.", unit_id, record.status.value)
+        if record.status == UnitStatus.SUCCEEDED:
+            self.take_proposals(unit_id)
+        self.checkpoint(f"unit {unit_id} {record.status.value}")
+
+    def take_proposals(self, unit_id: str) -> None:
+        """Add the valid units `unit_id`'s agent proposed to the plan; report the rest."""
+        if unit_id in self.added.processed:
+            return
+        try:
+            text = self.runs.store.read_text(proposals_key(self.runs, unit_id))
+        except KeyError:
+            return
+        accepted, rejected = review_proposals(text, self.ctx.request, self.units, unit_id)
+        for bad in rejected:
+            self.logger.warning(
+                "Ignored unit %r proposed by %s: %s",
+                bad.unit_id or "(unnamed)",
+                unit_id,
+                "; ".join(bad.problems),
+            )
+        self.added.units += [AddedUnit(unit=u, proposed_by=unit_id) for u in accepted]
+        self.added.rejected += rejected
+        self.added.processed.append(unit_id)
+        save_added(self.runs, self.added)
+        if not accepted:
+            return
+        self.units += accepted
+        self._replan()
+        for unit in accepted:
+            self.status[unit.id] = UnitStatus.PENDING
+        self._mark_pending([u.id for u in accepted])
+        self.logger.info(
+            "Unit %s proposed %d follow-up unit(s), now in the plan: %s",
+            unit_id,
+            len(accepted),
+            ", ".join(u.id for u in accepted),
+        )
+
+    def checkpoint(self, reason: str) -> None:
+        checkpoint = self.checkpoints.write(reason, list(self.plan.units), self.records, self.added)
+        self.logger.debug("Checkpoint %d: %s", checkpoint.number, reason)
+
+    # -- the outcome -----------------------------------------------------------------------
+
+    def table(self) -> list[UnitRecord]:
+        return [self.records.get(u) or _pending(self.ctx, u) for u in self.plan.units]
+
+    def result(self) -> ImplementResult:
+        unfinished = [u for u in self.plan.units if not self.status[u].is_final]
+        paused = self.pause_seen and bool(unfinished)
+        if paused:
+            checkpoint = self.checkpoints.write(
+                "pause", list(self.plan.units), self.records, self.added
+            )
+            self.logger.warning(
+                "Paused with %d unit(s) not started: %s. Checkpoint %d written.",
+                len(unfinished),
+                ", ".join(unfinished),
+                checkpoint.number,
+            )
+        added = {a.unit.id for a in self.added.units}
+        return ImplementResult(
+            records={r.unit_id: r for r in self.table()},
+            units=self.units,
+            added=[u for u in self.plan.units if u in added],
+            paused=paused,
+        )
 
 
 def _pending(ctx: RunContext, unit_id: str) -> UnitRecord:
@@ -126,8 +278,6 @@ def _crashed_record(
     ctx: RunContext, unit_id: str, record: UnitRecord | None, message: str | None
 ) -> UnitRecord:
     """A unit task that died without writing its own verdict (a bug, not an agent failure)."""
-    from flotilla.results import FailureClass
-
     base = record or UnitRecord(unit_id=unit_id, branch=ctx.unit_branch(unit_id))
     return base.model_copy(
         update={

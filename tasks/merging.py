@@ -230,9 +230,14 @@ class UnitBranch(BaseModel):
 
 
 class ConflictInfo(BaseModel):
+    """A unit that could not be merged: where (`paths`), with whom (`with_units`, the units
+    merged before it that changed those paths), and the feature tip it failed to merge onto."""
+
     unit_id: str
     paths: list[str]
     message: str
+    with_units: list[str] = Field(default_factory=list)
+    tip: str = ""
 
 
 class IntegrationResult(BaseModel):
@@ -261,8 +266,10 @@ def integrate(
     units: list[UnitBranch],
     strategy: Strategy,
     env: dict[str, str],
+    onto: str | None = None,
 ) -> IntegrationResult:
-    """Build `feature_branch` from `base` plus every unit, in the order given.
+    """Build `feature_branch` from `base` (or from `onto`, a tip built earlier) plus every unit,
+    in the order given.
 
     Nothing is written to a ref until every unit merged cleanly; on a conflict the result names
     the unit and paths and `commit` is the tip built so far (an unreferenced commit).
@@ -277,7 +284,7 @@ def integrate(
         raise GitError(
             f"Unknown merge strategy {strategy!r}; use merge, squash or sequential_rebase."
         )
-    tip = rev(repo, base)
+    start = tip = rev(repo, onto or base)
     merges: list[MergeRecord] = []
     replayed: set[str] = set()
     for unit in units:
@@ -291,17 +298,37 @@ def integrate(
                 tip = _rebase(repo, tip, unit, unit_tip, env, replayed)
         except _Conflict as conflict:
             paths = conflict.attempt.conflicts
+            others = touching_units(repo, start, merges, paths)
             message = (
                 f"Unit {unit.unit_id!r} ({unit.branch}) conflicts with the feature branch so far "
-                f"while {conflict.what}, in: {', '.join(paths)}.\n{conflict.attempt.message}"
+                f"({', '.join(others) or 'the base'}) while {conflict.what}, in: "
+                f"{', '.join(paths)}.\n{conflict.attempt.message}"
             )
             merges.append(MergeRecord(unit_id=unit.unit_id, commit=tip, conflicts=paths))
-            info = ConflictInfo(unit_id=unit.unit_id, paths=paths, message=message)
+            info = ConflictInfo(
+                unit_id=unit.unit_id, paths=paths, message=message, with_units=others, tip=tip
+            )
             return IntegrationResult(commit=tip, merges=merges, conflict=info)
         merges.append(MergeRecord(unit_id=unit.unit_id, commit=tip))
     with repo_lock(repo):
         run_git(repo, "update-ref", "-m", "flotilla: integrate", ref, tip)
     return IntegrationResult(commit=tip, merges=merges)
+
+
+def touching_units(
+    repo: Path, start: str, merges: list[MergeRecord], paths: list[str]
+) -> list[str]:
+    """The units whose merge (each record's commit against the one before) changed `paths`."""
+    found: list[str] = []
+    before = start
+    for merged in merges:
+        if merged.commit != before and paths:
+            specs = [f":(literal){path}" for path in paths]
+            names = git_out(repo, "diff", "--name-only", before, merged.commit, "--", *specs)
+            if names:
+                found.append(merged.unit_id)
+        before = merged.commit
+    return found
 
 
 def _merge(repo: Path, tip: str, unit: UnitBranch, unit_tip: str, env: dict[str, str]) -> str:

@@ -1,17 +1,59 @@
-"""Prefect artifacts: what a team lead sees in the UI. Keys are stable per feature."""
+"""Prefect artifacts: what a team lead sees in the UI while a feature runs and after.
+
+Per run: a progress artifact (share of units finished), a table of the units (status, step,
+attempt, elapsed, ETA, last error) updated in place as the ledger changes, a markdown report per
+unit when it finishes, link artifacts to its outputs in the store, and a final report. Keys are
+stable per feature (`<feature>-progress`, `<feature>-units`, `<feature>-unit-<unit>`, ...), so
+the Artifacts page shows each feature's history across runs; each run adds one version.
+
+Reporting never fails a run: a Prefect API error is logged and the next update tries again.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import ArtifactUpdate
 
-from flotilla.results import UnitRecord
+from flotilla.eta import RunEta, UnitRow, estimate, format_duration, run_eta_text, unit_rows
+from flotilla.plan import Plan
+from flotilla.results import FeatureResult, UnitRecord, UnitStatus, utcnow
+from flotilla.runs import RunContext
+from flotilla.spec import UnitSpec
+from tasks.stats import typical_durations
+from tasks.store import ArtifactStore, RunStore
+
+TICK_S = 1.0  # the implement loop wakes this often; the table changes at most once per tick
+HEARTBEAT_S = 15.0  # elapsed and ETA cells refresh this often while units run
+RETRY_AFTER_S = 30.0  # after a Prefect API error, updates pause this long
+
+log = logging.getLogger("flotilla.reporting")
+T = TypeVar("T")
 
 
 def artifact_key(feature_id: str, kind: str) -> str:
     """Lowercase letters, digits and dashes only, as Prefect requires for artifact keys."""
     return re.sub(r"[^a-z0-9-]+", "-", f"{feature_id}-{kind}".lower()).strip("-")
+
+
+def link_for(uri: str) -> str:
+    """A store URI as a link: local paths become file:// URLs, s3:// and others stay."""
+    return uri if "://" in uri else Path(uri).as_uri()
 
 
 def publish_pr_artifact(feature_id: str, markdown: str, description: str) -> None:
@@ -20,19 +62,302 @@ def publish_pr_artifact(feature_id: str, markdown: str, description: str) -> Non
     )
 
 
-def publish_unit_table(feature_id: str, records: list[UnitRecord]) -> None:
+class RunReport:
+    """One run's live progress and unit table, held by the process running the implement stage.
+
+    Unit threads report step changes (`note`); the implement loop merges finished records and
+    ticks (`merge`). Updates go to the same two artifacts, in place, at most once per TICK_S.
+    """
+
+    def __init__(self, ctx: RunContext, plan: Plan, typical: dict[str, float]):
+        stage = ctx.stage("work_loop")
+        self.feature_id, self.run_key = ctx.feature_id, ctx.run_key
+        self.plan, self.typical = plan, typical
+        self.max_concurrent = stage.max_concurrent if stage else None
+        self.records: dict[str, UnitRecord] = {}
+        self.progress_id = self.table_id = None
+        self._lock = threading.Lock()
+        self._dirty = True
+        self._last = self._paused_until = 0.0
+
+    def open(self) -> RunReport:
+        """Create this run's versions of the progress and the table artifact."""
+        progress, description, rows = self._render()
+        key = artifact_key(self.feature_id, "progress")
+        self.progress_id = self._call(
+            lambda: create_progress_artifact(progress, key=key, description=description)
+        )
+        key = artifact_key(self.feature_id, "units")
+        self.table_id = self._call(
+            lambda: create_table_artifact(rows, key=key, description=description)
+        )
+        self._last, self._dirty = time.monotonic(), False
+        return self
+
+    def note(self, record: UnitRecord) -> None:
+        """A unit's ledger record changed (called from its thread at every step)."""
+        with self._lock:
+            self._take(record)
+        self.flush()
+
+    def merge(self, records: list[UnitRecord]) -> None:
+        """The implement loop's view: final records win; a unit that newly finished is shown now."""
+        finished = False
+        with self._lock:
+            for record in records:
+                known = self.records.get(record.unit_id)
+                if record.status.is_final and (known is None or not known.status.is_final):
+                    finished = True
+                if record.status.is_final or known is None:
+                    self._take(record)
+        self.flush(force=finished)
+
+    def _take(self, record: UnitRecord) -> None:
+        known = self.records.get(record.unit_id)
+        if known is None or known.model_dump() != record.model_dump():
+            self.records[record.unit_id] = record.model_copy(deep=True)
+            self._dirty = True
+
+    def flush(self, force: bool = False) -> None:
+        """Push the table and progress if they changed (at most once per TICK_S) or went stale."""
+        with self._lock:
+            now = time.monotonic()
+            if now < self._paused_until and not force:
+                return
+            running = any(r.status == UnitStatus.RUNNING for r in self.records.values())
+            due = (
+                force
+                or (self._dirty and now - self._last >= TICK_S)
+                or (running and now - self._last >= HEARTBEAT_S)
+            )
+            if not due:
+                return
+            self._dirty, self._last = False, now
+            progress, description, rows = self._render()
+            self._send(progress, description, rows)
+
+    def _render(self) -> tuple[float, str, list[dict[str, str]]]:
+        eta = self.eta()
+        rows = self.rows(eta)
+        total = len(rows)
+        finished = [r for r in rows if UnitStatus(r.status).is_final]
+        counts = {s: sum(r.status == s for r in finished) for s in ("succeeded", "failed")}
+        blocked = len(finished) - counts["succeeded"] - counts["failed"]
+        parts = [f"{n} {s}" for s, n in (*counts.items(), ("blocked", blocked)) if n]
+        detail = f" ({', '.join(parts)})" if parts else ""
+        description = (
+            f"Run {self.run_key}: {len(finished)} of {total} units finished{detail}; "
+            f"ETA {run_eta_text(eta)}."
+        )
+        progress = 100.0 * len(finished) / total if total else 100.0
+        return progress, description, [r.cells() for r in rows]
+
+    def eta(self) -> RunEta:
+        return estimate(self.plan, self.records, self.typical, utcnow(), self.max_concurrent)
+
+    def rows(self, eta: RunEta | None = None) -> list[UnitRow]:
+        return unit_rows(self.plan, self.records, eta or self.eta())
+
+    def _send(self, progress: float, description: str, rows: list[dict[str, str]]) -> None:
+        if self.progress_id is not None:
+            self._call(lambda: update_progress_artifact(self.progress_id, progress, description))
+        if self.table_id is not None:
+            self._call(lambda: _update_data(self.table_id, json.dumps(rows), description))
+
+    def _call(self, action: Callable[[], T]) -> T | None:
+        try:
+            return action()
+        except Exception as exc:  # reporting must never fail the run
+            self._paused_until = time.monotonic() + RETRY_AFTER_S
+            log.warning("Could not update the artifacts of run %s: %s", self.run_key, exc)
+            return None
+
+
+def _update_data(artifact_id, data: str, description: str) -> None:
+    with get_client(sync_client=True) as client:
+        client.update_artifact(artifact_id, ArtifactUpdate(data=data, description=description))
+
+
+_reports: dict[str, RunReport] = {}
+_reports_lock = threading.Lock()
+
+
+def start_run_report(ctx: RunContext, plan: Plan) -> RunReport:
+    """Open the live artifacts of a run; call it in the implement flow, before units start."""
+    store = ArtifactStore(ctx.store_url)
+    try:
+        typical = typical_durations(store)
+    except Exception as exc:  # the ETA is a nicety; the run goes on without it
+        log.warning("Could not read unit durations from %s: %s", store.url, exc)
+        typical = {}
+    report = RunReport(ctx, plan, typical)
+    with _reports_lock:
+        _reports[ctx.run_key] = report
+    return report.open()
+
+
+def report_for(run_key: str | None = None, feature_id: str | None = None) -> RunReport | None:
+    with _reports_lock:
+        if run_key is not None:
+            return _reports.get(run_key)
+        found = [r for r in _reports.values() if r.feature_id == feature_id]
+    return found[-1] if found else None
+
+
+def note_unit(run_key: str, record: UnitRecord) -> None:
+    """A unit's record changed; refresh the live table (no-op if this process has no report)."""
+    report = report_for(run_key)
+    if report is not None:
+        report.note(record)
+
+
+def publish_unit_table(
+    feature_id: str, records: list[UnitRecord], run_key: str | None = None
+) -> None:
+    """Merge the implement loop's records into the live table; call it on every loop tick.
+
+    Without a live report (no `start_run_report` in this process) a new table version is made.
+    """
+    report = report_for(run_key, feature_id if run_key is None else None)
+    if report is not None:
+        report.merge(records)
+        return
     rows = [
-        {
-            "unit": r.unit_id,
-            "status": r.status.value,
-            "step": r.step,
-            "attempts": r.attempts,
-            "iterations": r.iterations,
-            "duration_s": round(r.duration_s, 1),
-            "error": (r.error.splitlines() or [""])[0][:200],
-        }
+        UnitRow(
+            unit=r.unit_id,
+            status=r.status.value,
+            step=r.step if r.status == UnitStatus.RUNNING else "",
+            attempt=r.attempts,
+            max_attempts=max(r.attempts, 1),
+            elapsed_s=round(r.duration_s, 1),
+            error=(r.error.strip().splitlines() or [""])[0][:160],
+        ).cells()
         for r in records
     ]
     create_table_artifact(
         key=artifact_key(feature_id, "units"), table=rows, description="Units of the feature run"
     )
+
+
+def publish_unit_report(ctx: RunContext, unit: UnitSpec, record: UnitRecord) -> None:
+    """The unit's markdown report and links to its outputs; call it when the unit ends."""
+    runs = RunStore(ArtifactStore(ctx.store_url), ctx.run_key)
+    note_unit(ctx.run_key, record)
+    try:
+        create_markdown_artifact(
+            key=artifact_key(ctx.feature_id, f"unit-{unit.id}"),
+            markdown=unit_markdown(unit, record, runs),
+            description=f"Unit {unit.id} of run {ctx.run_key}: {record.status.value}",
+        )
+        for name in record.outputs:
+            create_link_artifact(
+                key=artifact_key(ctx.feature_id, f"unit-{unit.id}-output-{name}"),
+                link=link_for(runs.store.uri(runs.output_key(unit.id, name))),
+                link_text=f"{unit.id}/{name}",
+                description=f"Output {name!r} of unit {unit.id} (run {ctx.run_key})",
+            )
+    except Exception as exc:  # never turn a finished unit into a failed one
+        log.warning("Could not publish the report of unit %s: %s", unit.id, exc)
+
+
+def unit_markdown(unit: UnitSpec, record: UnitRecord, runs: RunStore) -> str:
+    lines = [
+        f"# Unit `{unit.id}`: {unit.display_title}",
+        "",
+        "| Status | Attempts | Iterations | Duration | Branch | Commit |",
+        "|---|---|---|---|---|---|",
+        f"| {record.status.value} | {record.attempts} | {record.iterations} | "
+        f"{format_duration(record.duration_s)} | `{record.branch}` | `{record.commit[:12]}` |",
+        "",
+        "## Summary",
+        "",
+        record.summary or "_The agent wrote no summary._",
+        "",
+        "## Tests",
+        "",
+    ]
+    tests = record.tests
+    if tests is None:
+        lines.append("_No test command for this unit._")
+    else:
+        lines.append(f"`{tests.command}`: {tests.one_line()}")
+        lines += [f"- failing: `{t}`" for t in tests.failing_tests[:20]]
+    lines += ["", f"## Files changed ({len(record.files_changed)})", ""]
+    lines += [f"- `{f}`" for f in record.files_changed] or ["_None._"]
+    if record.outputs:
+        lines += ["", "## Outputs", ""]
+        lines += [
+            f"- [{n}]({link_for(runs.store.uri(runs.output_key(unit.id, n)))})"
+            for n in record.outputs
+        ]
+    if record.log_path:
+        lines += ["", "## Log", "", f"[{record.log_path}]({link_for(record.log_path)})"]
+    if record.error:
+        lines += ["", "## Last error", "", "```", record.error.strip(), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def publish_run_report(ctx: RunContext, result: FeatureResult) -> None:
+    """End of a run, whatever its outcome: the last table and progress, and the final report in
+    `feature/report.md` and as the `<feature>-report` artifact."""
+    report = report_for(ctx.run_key)
+    if report is not None:
+        report.merge(result.units)
+        report.flush(force=True)
+        with _reports_lock:
+            _reports.pop(ctx.run_key, None)
+    runs = RunStore(ArtifactStore(ctx.store_url), ctx.run_key)
+    try:
+        markdown = run_markdown(ctx, result, runs)
+        runs.store.write_text(runs.feature_report_key, markdown)
+        create_markdown_artifact(
+            key=artifact_key(ctx.feature_id, "report"),
+            markdown=markdown,
+            description=f"Run {ctx.run_key}: {result.status.value}",
+        )
+        create_link_artifact(
+            key=artifact_key(ctx.feature_id, "store"),
+            link=link_for(runs.store.uri(runs.prefix)),
+            link_text=f"runs/{ctx.run_key}",
+            description=f"Everything run {ctx.run_key} stored: ledger, logs, outputs, reports",
+        )
+    except Exception as exc:  # the run's outcome is already decided and saved
+        log.warning("Could not publish the report of run %s: %s", ctx.run_key, exc)
+
+
+def run_markdown(ctx: RunContext, result: FeatureResult, runs: RunStore) -> str:
+    """The run at a glance: outcome, where the PR is, what happened to every unit and why."""
+    elapsed = (utcnow() - ctx.created_at).total_seconds()
+    store_url = runs.store.uri(runs.prefix)
+    lines = [
+        f"# Flotilla report: {result.title}",
+        "",
+        f"- **Run:** `{ctx.run_key}` · {result.status.value} after {format_duration(elapsed)}"
+        f" (started {ctx.created_at:%Y-%m-%d %H:%M:%S} UTC)",
+        f"- **Target:** `{ctx.repo}` from `{ctx.base}`",
+    ]
+    if result.error:
+        lines.append(f"- **Problem:** {result.error}")
+    if result.feature_branch:
+        lines.append(
+            f"- **Feature branch:** `{result.feature_branch}` at `{result.feature_commit[:12]}`"
+        )
+    if result.pr_url or result.pr_path:
+        where = result.pr_url or result.pr_path
+        lines.append(f"- **Pull request:** [{where}]({link_for(where)})")
+    if result.gate:
+        lines.append(f"- **Feature test gate:** {result.gate.one_line()}")
+    lines += [
+        f"- **Store:** [{store_url}]({link_for(store_url)})",
+        "",
+        "| Unit | Status | Attempts | Duration | Tests | Files | Last error |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result.units:
+        tests = r.tests.one_line() if r.tests else ""
+        error = (r.error.strip().splitlines() or [""])[0].replace("|", "\\|")[:120]
+        lines.append(
+            f"| `{r.unit_id}` | {r.status.value} | {r.attempts} | "
+            f"{format_duration(r.duration_s)} | {tests} | {len(r.files_changed)} | {error} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -171,6 +171,35 @@ class ArtifactStore:
             data = to_json(obj, indent=2)
         self.write_bytes(key, data + b"\n")
 
+    def create(self, key: str, data: bytes) -> bool:
+        """Write `key` only if no object has it; True if this call created it (a claim).
+
+        Exclusive locally (a hard link fails on an existing name) and on S3 (a conditional
+        PUT with If-None-Match, which AWS, MinIO and moto honour). memory:// checks first.
+        """
+        path = self._path(check_key(key))
+        try:
+            if self._local:
+                target = Path(path)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f"{_TMP_MARK}{uuid.uuid4().hex}-{target.name}")
+                try:
+                    tmp.write_bytes(data)
+                    os.link(tmp, target)
+                finally:
+                    tmp.unlink(missing_ok=True)
+            elif self.protocol == "s3":
+                self._fs.pipe_file(path, data, mode="create")
+            elif self.exists(key):
+                return False
+            else:
+                self._fs.pipe_file(path, data)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise self._unreachable("create", key, exc) from exc
+        return True
+
     def upload_file(self, key: str, local: Path) -> None:
         """Copy a local file into the store, atomically like write_bytes."""
         local = Path(local)

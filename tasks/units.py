@@ -24,6 +24,8 @@ from flotilla.settings import get_settings
 from flotilla.spec import UnitSpec
 from tasks.agents import AgentInvocation, AgentOutcome, run_agent
 from tasks.checks import run_tests
+from tasks.control import proposals_key
+from tasks.reporting import note_unit, publish_unit_report
 from tasks.stats import record_duration
 from tasks.store import ArtifactStore, RunStore
 from tasks.workspace import Workspace, identity_env
@@ -67,7 +69,11 @@ def run_store_for(ctx: RunContext) -> RunStore:
 
 @task(name="run-unit", persist_result=False, cache_policy=NO_CACHE)
 def run_unit(job: UnitJob) -> UnitRecord:
-    return UnitRunner(job).run()
+    runner = UnitRunner(job)
+    try:
+        return runner.run()
+    finally:
+        publish_unit_report(job.ctx, job.unit, runner.record)
 
 
 class UnitRunner:
@@ -90,6 +96,7 @@ class UnitRunner:
         for name, value in changes.items():
             setattr(self.record, name, value)
         self.runs.write_record(self.record)
+        note_unit(self.ctx.run_key, self.record)
 
     def run(self) -> UnitRecord:
         started = time.monotonic()
@@ -181,7 +188,17 @@ class UnitRunner:
             )
         step_commit.with_options(name="commit")(self, worktree, local / "summary.md")
         step_outputs.with_options(name="outputs")(self, local / "outputs")
+        self.keep_proposals(local / "new-units.json")
         self.workspace.remove_worktree(worktree)
+
+    def keep_proposals(self, path: Path) -> None:
+        """Store the follow-up units the agent proposed (before the ledger says succeeded), so
+        the scheduler, or a resumed one, finds them in the store."""
+        key = proposals_key(self.runs, self.unit.id)
+        if path.is_file():
+            self.runs.store.upload_file(key, path)
+        else:
+            self.runs.store.delete(key)
 
     def prompt_text(self) -> str:
         unit, feature = self.unit, self.ctx.request.feature

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-from flotilla.commands.common import EXIT_FAILED, EXIT_OK, command
+from flotilla.commands.common import EXIT_OK, command
 from flotilla.results import FeatureResult
 
 
@@ -59,12 +58,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         workdir=os.path.dirname(ctx.workdir),
         return_state=True,
     )
-    result = _read_result(ctx.store_url, ctx.run_key)
-    if result is None:
-        print(f"The run ended before it produced a result: {state.message}", file=sys.stderr)
-        return EXIT_FAILED
-    print_summary(result, ctx.repo)
-    return EXIT_OK if result.ok and state.is_completed() else EXIT_FAILED
+    from flotilla.commands.durability import report_outcome
+
+    return report_outcome(state, ctx.store_url, ctx.run_key, ctx.repo)
 
 
 def _read_result(store_url: str, run_key: str) -> FeatureResult | None:
@@ -84,6 +80,8 @@ def print_summary(result: FeatureResult, repo: str) -> None:
         print(f"Feature branch: {result.feature_branch} (in {repo})")
     if result.pr_path:
         print(f"PR description: {result.pr_path}")
+    if result.pr_url:
+        print(f"Pull request:   {result.pr_url}")
     if result.gate:
         print(f"Test gate:      {result.gate.one_line()}")
     if result.error:

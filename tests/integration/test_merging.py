@@ -13,6 +13,7 @@ from tasks.merging import (
     identity_env,
     integrate,
     merge_trees,
+    touching_units,
 )
 from tests.integration.gitrepos import (
     commit_on,
@@ -236,3 +237,27 @@ def test_cherry_pick_tree_takes_only_that_commits_change(repo: Repo):
 def test_unknown_strategy_is_refused(repo: Repo):
     with pytest.raises(GitError, match="Unknown merge strategy 'octopus'"):
         integrate(repo.path, "main", FEATURE, [], "octopus", {})  # type: ignore[arg-type]
+
+
+def test_a_conflict_names_the_units_that_touched_its_paths(repo: Repo):
+    commit_on(repo.path, repo.base, {"a.py": "A = 99\n"}, "Clash", f"{UNITS}/x")
+    units = [*repo.units("a", "b"), UnitBranch(unit_id="x", branch=f"{UNITS}/x", title="X")]
+    result = integrate(repo.path, "main", FEATURE, units, "merge", {})
+    assert result.conflict is not None
+    assert result.conflict.with_units == ["a"]  # b never touched a.py
+    assert result.conflict.tip == result.merges[1].commit
+    assert "conflicts with the feature branch so far (a)" in result.conflict.message
+    assert touching_units(repo.path, repo.base, result.merges[:2], ["b.py", "nope"]) == ["b"]
+
+
+@pytest.mark.parametrize("strategy", ["merge", "squash", "sequential_rebase"])
+def test_integration_continues_from_a_tip_built_earlier(repo: Repo, strategy):
+    """What the merge stage does after re-doing a unit: merge the rest onto the tip so far."""
+    first = integrate(repo.path, "main", FEATURE, repo.units("a", with_start=True), strategy, {})
+    rest = repo.units("b", "c", with_start=True)
+    again = integrate(repo.path, "main", FEATURE, rest, strategy, {}, onto=first.commit)
+    assert again.ok and repo.feature() == again.commit
+    assert tree_files(repo.path, again.commit) == EXPECTED
+    assert first.commit in log_shas(repo.path, again.commit, first_parent=True)
+    assert [m.unit_id for m in again.merges] == ["b", "c"]
+    assert git(repo.path, "rev-parse", "main") == repo.base

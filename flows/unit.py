@@ -1,0 +1,132 @@
+"""The `unit` flow: one unit of a feature run as its own flow run, for scale-out.
+
+Workers on many machines can share one feature: each unit becomes a flow run of the `unit`
+deployment, picked up by whichever worker of the `flotilla` pool is free. A unit flow run needs
+only the run key and the unit id; everything else crosses machines through shared places:
+
+- the run's context and plan come from the store (`runs/<key>/run.json`, `plan.json`);
+- the branches of the units it depends on come from the target's remote, where their own unit
+  flow runs pushed them; this one pushes its branch there when it succeeds;
+- inputs and outputs (artifacts) go through the store, as in a single-machine run.
+
+The work loop is the same `run_unit` task the implement stage runs, with the same resource tag,
+so Prefect's tag concurrency limits hold across every machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from flotilla.errors import RunError
+from flotilla.plan import Plan
+from flotilla.results import UnitRecord, UnitStatus
+from flotilla.runs import RunContext, unit_fingerprint
+from flotilla.settings import get_settings
+from flotilla.spec import UnitSpec
+from tasks.store import ArtifactStore, RunStore
+from tasks.units import UnitJob, run_unit, workspace_for
+
+
+@flow(name="unit", persist_result=False, log_prints=True)
+def unit(
+    run_key: str,
+    unit_id: str,
+    store: str | None = None,
+    base_commit: str | None = None,
+    workdir: str | None = None,
+) -> UnitRecord:
+    """Run `unit_id` of run `run_key`; its dependencies must have succeeded already."""
+    job = unit_job(run_key, unit_id, store=store, base_commit=base_commit, workdir=workdir)
+    logger = get_run_logger()
+    logger.info(
+        "Unit %s of run %s from %s, on %s",
+        unit_id,
+        run_key,
+        job.base_commit[:12],
+        ", ".join(job.dep_branches) or "no dependencies",
+    )
+    record = run_unit.with_options(
+        task_run_name=f"unit-{unit_id}", tags=[f"flotilla:{job.settings.resources}"]
+    )(job)
+    workspace_for(job.ctx).push([record.branch])
+    logger.info("Unit %s succeeded; pushed %s to %s.", unit_id, record.branch, job.ctx.repo)
+    return record
+
+
+def unit_job(
+    run_key: str,
+    unit_id: str,
+    *,
+    store: str | None = None,
+    base_commit: str | None = None,
+    workdir: str | None = None,
+) -> UnitJob:
+    """Rebuild the unit's job from the store, and make its dependencies' branches local."""
+    runs = RunStore(ArtifactStore(store or get_settings().store), run_key)
+    ctx = _context(runs, workdir)
+    units = _planned_units(runs, ctx)
+    plan = Plan.from_request(ctx.request.model_copy(update={"units": units}), ctx.stage("work_loop"))
+    if unit_id not in plan.units:
+        raise RunError(
+            f"Run {run_key} has no unit {unit_id!r} (its units: {', '.join(plan.units)}). "
+            "Check the unit id against `flotilla plan` or runs/<key>/plan.json."
+        )
+    ledger = runs.read_ledger()
+    deps = plan.ancestors(unit_id)
+    unfinished = [d for d in deps if d not in ledger or ledger[d].status != UnitStatus.SUCCEEDED]
+    if unfinished:
+        states = ", ".join(f"{d} ({ledger[d].status.value if d in ledger else 'not started'})" for d in unfinished)
+        raise RunError(
+            f"Unit {unit_id!r} of run {run_key} depends on units that have not succeeded: "
+            f"{states}. Run them first; a unit starts only from its dependencies' commits."
+        )
+    workspace = workspace_for(ctx)
+    tip = workspace.prepare()
+    base = base_commit or next((r.base_commit for r in ledger.values() if r.base_commit), tip)
+    missing = [d for d in deps if workspace.branch_sha(ctx.unit_branch(d)) != ledger[d].commit]
+    workspace.fetch([ctx.unit_branch(d) for d in missing])
+    for d in missing:
+        if workspace.branch_sha(ctx.unit_branch(d)) != ledger[d].commit:
+            raise RunError(
+                f"The branch {ctx.unit_branch(d)} in {ctx.repo} is not at unit {d!r}'s commit "
+                f"{ledger[d].commit[:12]} from the ledger. Run unit {d!r} again, or push its "
+                "branch to the target."
+            )
+    settings = plan.settings[unit_id]
+    return UnitJob(
+        ctx=ctx,
+        unit=plan.units[unit_id],
+        settings=settings,
+        base_commit=base,
+        dep_branches=[ctx.unit_branch(d) for d in deps],
+        fingerprint=unit_fingerprint(
+            plan.units[unit_id],
+            settings.model_dump_json(),
+            base,
+            {d: ledger[d].commit for d in deps},
+        ),
+    )
+
+
+def _context(runs: RunStore, workdir: str | None) -> RunContext:
+    """The run's context, with this machine's work directory in place of the starter's."""
+    try:
+        ctx = runs.store.read_model(runs.context_key, RunContext)
+    except KeyError:
+        raise RunError(
+            f"Run {runs.run_key} has no context at {runs.store.uri(runs.context_key)}. Start the "
+            "run with `flotilla run` or the feature flow first, and pass the same store."
+        ) from None
+    root = Path(workdir or get_settings().workdir).resolve()
+    return ctx.model_copy(update={"workdir": str(root / runs.run_key)})
+
+
+def _planned_units(runs: RunStore, ctx: RunContext) -> list[UnitSpec]:
+    """The units of the saved plan (a decomposer may have made them), else the request's."""
+    try:
+        data = runs.store.read_json(runs.plan_key)
+    except KeyError:
+        return list(ctx.request.units)
+    return [UnitSpec.model_validate(u) for u in data.get("units", [])] or list(ctx.request.units)
