@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: demo test server bench lint clean
+.PHONY: demo test server deploy worker bench lint clean
 
 $(BIN)/flotilla: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,21 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 
+# A local Prefect server on 127.0.0.1 with its SQLite database in $PREFECT_HOME (~/.prefect);
+# set PREFECT_API_DATABASE_CONNECTION_URL for Postgres (docs/operations.md).
+PREFECT_PORT ?= 4200
+PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
+
 server: $(BIN)/flotilla
-	PREFECT_SERVER_API_HOST=127.0.0.1 $(BIN)/prefect server start --host 127.0.0.1
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+# The `flotilla` work pool, the zombie-run automation and the deployments of prefect.yaml.
+deploy: $(BIN)/flotilla
+	PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/python -m deployments.setup --automation
+	PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect --no-prompt deploy --all
+
+worker: $(BIN)/flotilla
+	PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect worker start --pool flotilla
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.makespan

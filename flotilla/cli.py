@@ -44,3 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     for module in MODULES:
         module.register(sub)
     return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

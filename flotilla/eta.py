@@ -220,7 +220,7 @@ def unit_rows(plan: Plan, records: dict[str, UnitRecord], eta: RunEta) -> list[U
                 elapsed_s=round(unit_eta.elapsed_s if unit_eta else record.duration_s, 1),
                 eta_s=None if unit_eta is None else unit_eta.remaining_s,
                 eta=eta_text(unit_eta, record.status),
-                error=_first_line(record.error),
+                error=error_headline(record.error),
             )
         )
     return rows
@@ -237,6 +237,11 @@ def run_eta_text(eta: RunEta) -> str:
     return f"~{format_duration(eta.remaining_s)}{clock}"
 
 
-def _first_line(text: str) -> str:
-    line = (text.strip().splitlines() or [""])[0]
+def error_headline(text: str) -> str:
+    """The error's first line; when it ends in a colon ("agent exited with code 3:"), the
+    first line of what follows too, so the cell says why."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    line = lines[0] if lines else ""
+    if line.endswith(":") and len(lines) > 1:
+        line = f"{line} {lines[1]}"
     return line if len(line) <= ERROR_WIDTH else line[: ERROR_WIDTH - 1] + "…"

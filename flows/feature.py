@@ -211,9 +211,9 @@ def _run_stages(
         result.status = FeatureStatus.FAILED
         result.error = error or _partial_message(implemented, merged)
     runs.store.write_json(runs.result_key, result)
-    publish_run_report(ctx, result)
     if result.status == FeatureStatus.FAILED:
         write_failure_report(ctx, runs, result)
+    publish_run_report(ctx, result)
     finish(runs, summary, result)
     if result.status == FeatureStatus.PAUSED:
         logger.warning("Run %s paused: %s", ctx.run_key, result.error)

@@ -134,6 +134,7 @@ class _Merging:
         """Merge the units after `result.merges` onto `tip`; a conflict goes back to the agent."""
         result = self.result
         pending = result.merge_order[len(result.merges) :]
+        redone_now: set[str] = set()  # a unit re-done in this pass merges cleanly; never twice
         while True:
             branches = [self.branch(u) for u in pending]
             outcome = merge_branches(self.ctx, branches, tip, self.stage.merge_strategy)
@@ -147,7 +148,7 @@ class _Merging:
             )
             unit_id = conflict.unit_id
             get_run_logger().warning("%s", conflict.message)
-            if self.stage.on_conflict == "fail" or unit_id in self.redone:
+            if self.stage.on_conflict == "fail" or unit_id in redone_now:
                 result.conflict = conflict
                 return False
             record = self.records[unit_id]
@@ -162,6 +163,7 @@ class _Merging:
                 result.conflict = conflict
                 return False
             self.redone[unit_id] = conflict.paths
+            redone_now.add(unit_id)
             tip = conflict.tip
             pending = pending[pending.index(unit_id) :]
 

@@ -23,6 +23,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectNotFound
+from prefect.states import Failed, State
 from pydantic import BaseModel, Field
 
 from flotilla.errors import FlotillaError
@@ -45,10 +46,6 @@ class NightlyReport(BaseModel):
     )
 
 
-class NightlyFailures(FlotillaError):
-    """Some queued requests failed; each one's `failed/<stem>.result.json` says why."""
-
-
 @flow(name="nightly-features", persist_result=False, log_prints=True)
 def nightly_features(
     store: str | None = None,
@@ -56,7 +53,7 @@ def nightly_features(
     workflow: str | None = None,
     workdir: str | None = None,
     limit: int | None = None,
-) -> NightlyReport:
+) -> NightlyReport | State:
     """Run the inbox of `store`. `repo` is the target for requests without `repo.url`."""
     logger = get_run_logger()
     settings = get_settings()
@@ -72,20 +69,31 @@ def nightly_features(
         claim = inbox.claim(name, _flow_run_id())
         if claim is None:
             holder = inbox.holder(name)
-            who = f"flow run {holder.flow_run_id or '?'} on {holder.host}" if holder else "another run"
+            who = (
+                f"flow run {holder.flow_run_id or '?'} on {holder.host}"
+                if holder
+                else "another run"
+            )
             logger.info("Skipping %s: %s is already running it.", name, who)
             report.skipped.append(name)
             continue
         result = run_request(inbox, claim, repo=repo, workflow=workflow, work_root=work_root)
-        logger.info("%s: %s %s", name, result.state, result.error.splitlines()[0] if result.error else result.pr_path)
+        logger.info(
+            "%s: %s %s",
+            name,
+            result.state,
+            result.error.splitlines()[0] if result.error else result.pr_path,
+        )
         report.results.append(result)
     _publish_table(report)
     failed = [r for r in report.results if r.state != "succeeded"]
     if failed:
+        # A Failed final state (not an exception): the run is red in the morning, no traceback.
         names = ", ".join(r.request for r in failed)
-        raise NightlyFailures(
-            f"{len(failed)} of {len(report.results)} queued request(s) failed: {names}. Each "
-            f"one's reason is in {inbox.store.uri('failed')}/<name>.result.json."
+        return Failed(
+            message=f"{len(failed)} of {len(report.results)} queued request(s) failed: {names}. "
+            f"Each one's reason is in {inbox.store.uri('failed')}/<name>.result.json.",
+            data=report,
         )
     return report
 
@@ -95,9 +103,12 @@ def run_request(
 ) -> InboxResult:
     """Validate, run and file one claimed request; every outcome ends in done/ or failed/."""
     name = claim.name
-    started = InboxResult(request=name, state="invalid", request_key="", claimed_at=claim.claimed_at)
+    started = InboxResult(
+        request=name, state="invalid", request_key="", claimed_at=claim.claimed_at
+    )
+    download_dir = work_root / "nightly" / f"{PurePosixPath(name).stem}-{uuid.uuid4().hex[:8]}"
     try:
-        local = inbox.download(name, work_root / "nightly" / f"{PurePosixPath(name).stem}-{uuid.uuid4().hex[:8]}")
+        local = inbox.download(name, download_dir)
         spec = load_request(local)
         has_repo = bool(spec.repo and spec.repo.url)
         ctx = build_context(
@@ -108,10 +119,10 @@ def run_request(
             run_key=unique_run_key(inbox.store, spec.feature.id),
             workdir=str(work_root),
         )
-    except FlotillaError as exc:
-        return inbox.finish(name, started.model_copy(update={"error": str(exc)}))
-    except Exception as exc:  # the request must still leave running/
-        error = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # every request must leave running/, whatever went wrong
+        error = str(exc) if isinstance(exc, FlotillaError) else f"{type(exc).__name__}: {exc}"
+        # name the request as the user queued it, not as the local copy
+        error = error.replace(str(download_dir / name), inbox.store.uri(f"{INBOX}/{name}"))
         return inbox.finish(name, started.model_copy(update={"error": error}))
 
     state = feature.with_options(flow_run_name=ctx.run_key)(
@@ -127,7 +138,9 @@ def run_request(
     outcome = _feature_result(runs)
     ok = state.is_completed()
     error = "" if ok else (outcome.error if outcome and outcome.error else str(state.message))
-    report_key = next((k for k in (runs.feature_report_key, runs.pr_key) if runs.store.exists(k)), "")
+    report_key = next(
+        (k for k in (runs.feature_report_key, runs.pr_key) if runs.store.exists(k)), ""
+    )
     result = started.model_copy(
         update={
             "state": "succeeded" if ok else "failed",
@@ -216,7 +229,9 @@ def _publish_table(report: NightlyReport) -> None:
         for r in report.results
     ]
     blank = dict.fromkeys(("run_key", "pr", "report", "error"), "")
-    rows += [{"request": n, "state": "skipped: another run has it", **blank} for n in report.skipped]
+    rows += [
+        {"request": n, "state": "skipped: another run has it", **blank} for n in report.skipped
+    ]
     create_table_artifact(
         key="nightly-features", table=rows, description="Requests run by this nightly run"
     )

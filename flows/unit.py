@@ -67,7 +67,9 @@ def unit_job(
     runs = RunStore(ArtifactStore(store or get_settings().store), run_key)
     ctx = _context(runs, workdir)
     units = _planned_units(runs, ctx)
-    plan = Plan.from_request(ctx.request.model_copy(update={"units": units}), ctx.stage("work_loop"))
+    plan = Plan.from_request(
+        ctx.request.model_copy(update={"units": units}), ctx.stage("work_loop")
+    )
     if unit_id not in plan.units:
         raise RunError(
             f"Run {run_key} has no unit {unit_id!r} (its units: {', '.join(plan.units)}). "
@@ -77,7 +79,9 @@ def unit_job(
     deps = plan.ancestors(unit_id)
     unfinished = [d for d in deps if d not in ledger or ledger[d].status != UnitStatus.SUCCEEDED]
     if unfinished:
-        states = ", ".join(f"{d} ({ledger[d].status.value if d in ledger else 'not started'})" for d in unfinished)
+        states = ", ".join(
+            f"{d} ({ledger[d].status.value if d in ledger else 'not started'})" for d in unfinished
+        )
         raise RunError(
             f"Unit {unit_id!r} of run {run_key} depends on units that have not succeeded: "
             f"{states}. Run them first; a unit starts only from its dependencies' commits."

@@ -122,6 +122,16 @@ class GitHubClient:
 
     # -- the endpoints -----------------------------------------------------------------------
 
+    def check_access(self) -> None:
+        """Fail now, before any agent runs, if the token cannot see or push to the repository."""
+        data = self._call("GET", f"repos/{self.repo}", what="checking access").json()
+        if not (data.get("permissions") or {}).get("push", False):
+            raise GitHubError(
+                f"The GitHub token can read {self.repo} but not push to it, so Flotilla could "
+                "not open the feature PR there. Use a token with write access to its contents "
+                "and pull requests."
+            )
+
     def find_open_pull(self, branch: str) -> PullRequest | None:
         """The open pull request whose head is `branch` in this repository, if there is one."""
         found = self._call(

@@ -1,9 +1,11 @@
-"""The nightly inbox: feature requests queued as YAML files under the store's `inbox/` prefix.
+"""The nightly inbox: feature requests queued under the store's `inbox/` prefix.
 
-A request moves `inbox/<name>` -> `running/<name>` -> `done/<name>` or `failed/<name>`, and gets
-a `<stem>.result.json` next to it that says which run it became and where its report is. Before
-anything else a runner claims the request with `running/<name>.claim.json`, written only if no
-claim exists (an exclusive create), so two nightly runs never start the same request.
+A request is either one YAML file, `inbox/<name>.yaml`, or a folder, `inbox/<name>/request.yaml`
+with the files it refers to through `{request_dir}` (agent scripts, prompts) beside it. It moves
+`inbox/` -> `running/` -> `done/` or `failed/`, and gets a `<stem>.result.json` next to it that
+says which run it became and where its report is. Before anything else a runner claims it with
+`running/<name>.claim.json`, written only if no claim exists (an exclusive create), so two
+nightly runs never start the same request.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from tasks.store import ArtifactStore
 
 INBOX, RUNNING, DONE, FAILED = "inbox", "running", "done", "failed"
 REQUEST_SUFFIXES = (".yaml", ".yml")
+FOLDER_REQUEST = "request.yaml"
 
 
 class Claim(BaseModel):
@@ -58,13 +61,14 @@ class Inbox:
         self.store = store
 
     def waiting(self) -> list[str]:
-        """Names of the request files directly under `inbox/`, oldest name first."""
+        """The requests under `inbox/`: file names (`a.yaml`) and folder names (`b`), sorted."""
         names = []
         for key in self.store.list(INBOX):
-            name = key[len(INBOX) + 1 :]
-            if "/" not in name and name.endswith(REQUEST_SUFFIXES):
-                names.append(name)
-        return names
+            parts = key[len(INBOX) + 1 :].split("/")
+            single = len(parts) == 1 and parts[0].endswith(REQUEST_SUFFIXES)
+            if single or parts[1:] == [FOLDER_REQUEST]:
+                names.append(parts[0])
+        return sorted(names)
 
     def claim_key(self, name: str) -> str:
         return f"{RUNNING}/{name}.claim.json"
@@ -90,8 +94,11 @@ class Inbox:
         return claim
 
     def download(self, name: str, directory: Path) -> Path:
-        """The claimed request as a local file, for the feature flow (which reads paths)."""
+        """The claimed request as a local file (with its folder's files), for the feature flow."""
         local = Path(directory) / name
+        if is_folder(name):
+            self.store.download_dir(f"{RUNNING}/{name}", local)
+            return local / FOLDER_REQUEST
         self.store.download_file(f"{RUNNING}/{name}", local)
         return local
 
@@ -100,22 +107,31 @@ class Inbox:
         folder = DONE if result.state == "succeeded" else FAILED
         target = self._free_name(folder, name)
         self.store.move(f"{RUNNING}/{name}", f"{folder}/{target}")
-        result = result.model_copy(update={"request_key": self.store.uri(f"{folder}/{target}")})
+        filed = {"request_key": self.store.uri(f"{folder}/{target}"), "finished_at": utcnow()}
+        result = result.model_copy(update=filed)
         self.store.write_json(f"{folder}/{result_name(target)}", result)
         self.store.delete(self.claim_key(name))
         return result
 
     def _free_name(self, folder: str, name: str) -> str:
         """`name`, or `<stem>-<n><suffix>` when an earlier request of that name was filed."""
-        if not self.store.exists(f"{folder}/{name}"):
-            return name
         path = PurePosixPath(name)
-        n = 2
-        while self.store.exists(f"{folder}/{path.stem}-{n}{path.suffix}"):
-            n += 1
-        return f"{path.stem}-{n}{path.suffix}"
+        stem, suffix = (name, "") if is_folder(name) else (path.stem, path.suffix)
+        candidate, n = name, 2
+        while self._taken(folder, candidate):
+            candidate, n = f"{stem}-{n}{suffix}", n + 1
+        return candidate
+
+    def _taken(self, folder: str, name: str) -> bool:
+        keys = (f"{folder}/{name}", f"{folder}/{result_name(name)}")
+        return any(self.store.exists(k) or self.store.list(k) for k in keys)
+
+
+def is_folder(name: str) -> bool:
+    """Whether an inbox entry is a folder (`<name>/request.yaml`) rather than one file."""
+    return not name.endswith(REQUEST_SUFFIXES)
 
 
 def result_name(name: str) -> str:
-    """`<stem>.result.json` for a request file `<stem>.yaml`."""
-    return f"{PurePosixPath(name).stem}.result.json"
+    """`<stem>.result.json` for a request file `<stem>.yaml` or a request folder `<stem>`."""
+    return f"{name if is_folder(name) else PurePosixPath(name).stem}.result.json"

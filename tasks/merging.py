@@ -284,35 +284,42 @@ def integrate(
         raise GitError(
             f"Unknown merge strategy {strategy!r}; use merge, squash or sequential_rebase."
         )
-    start = tip = rev(repo, onto or base)
+    start = rev(repo, onto or base)
+    build = _Builder(repo, env, start)
+    step = {"merge": build.merge, "squash": build.squash, "sequential_rebase": build.rebase}
     merges: list[MergeRecord] = []
-    replayed: set[str] = set()
-    for unit in units:
-        unit_tip = rev(repo, unit.branch)
+    for unit, unit_tip in zip(units, _resolve_all(repo, [u.branch for u in units]), strict=True):
         try:
-            if strategy == "merge":
-                tip = _merge(repo, tip, unit, unit_tip, env)
-            elif strategy == "squash":
-                tip = _squash(repo, tip, unit, unit_tip, env)
-            else:
-                tip = _rebase(repo, tip, unit, unit_tip, env, replayed)
+            step[strategy](unit, unit_tip)
         except _Conflict as conflict:
             paths = conflict.attempt.conflicts
             others = touching_units(repo, start, merges, paths)
+            so_far = f" ({', '.join(others)})" if others else ""
             message = (
-                f"Unit {unit.unit_id!r} ({unit.branch}) conflicts with the feature branch so far "
-                f"({', '.join(others) or 'the base'}) while {conflict.what}, in: "
-                f"{', '.join(paths)}.\n{conflict.attempt.message}"
+                f"Unit {unit.unit_id!r} ({unit.branch}) conflicts with the feature branch so far"
+                f"{so_far} while {conflict.what}, in: {', '.join(paths)}.\n"
+                f"{conflict.attempt.message}"
             )
-            merges.append(MergeRecord(unit_id=unit.unit_id, commit=tip, conflicts=paths))
+            merges.append(MergeRecord(unit_id=unit.unit_id, commit=build.tip, conflicts=paths))
             info = ConflictInfo(
-                unit_id=unit.unit_id, paths=paths, message=message, with_units=others, tip=tip
+                unit_id=unit.unit_id, paths=paths, message=message, with_units=others, tip=build.tip
             )
-            return IntegrationResult(commit=tip, merges=merges, conflict=info)
-        merges.append(MergeRecord(unit_id=unit.unit_id, commit=tip))
+            return IntegrationResult(commit=build.tip, merges=merges, conflict=info)
+        merges.append(MergeRecord(unit_id=unit.unit_id, commit=build.tip))
     with repo_lock(repo):
-        run_git(repo, "update-ref", "-m", "flotilla: integrate", ref, tip)
-    return IntegrationResult(commit=tip, merges=merges)
+        run_git(repo, "update-ref", "-m", "flotilla: integrate", ref, build.tip)
+    return IntegrationResult(commit=build.tip, merges=merges)
+
+
+def _resolve_all(repo: Path, revisions: list[str]) -> list[str]:
+    """Commit shas of many revisions in one git call; a missing one gets `rev`'s clear error."""
+    if not revisions:
+        return []
+    done = run_git(repo, "rev-parse", *[f"{r}^{{commit}}" for r in revisions], ok_codes=(0, 128))
+    shas = done.stdout.split()
+    if done.returncode != 0 or len(shas) != len(revisions):
+        return [rev(repo, r) for r in revisions]
+    return shas
 
 
 def touching_units(
@@ -331,75 +338,86 @@ def touching_units(
     return found
 
 
-def _merge(repo: Path, tip: str, unit: UnitBranch, unit_tip: str, env: dict[str, str]) -> str:
-    """A merge commit (parents: tip, unit tip), unless the unit adds nothing new."""
-    if is_ancestor(repo, unit_tip, tip):
-        return tip
-    attempt = merge_trees(repo, tip, unit_tip)
-    if attempt.tree is None:
-        raise _Conflict(attempt, "merging")
-    message = f"Merge unit {unit.unit_id}: {unit.title}\n"
-    return commit_tree(repo, attempt.tree, [tip, unit_tip], message, env)
+class _Builder:
+    """The feature tip under construction. Its tree is tracked, so no step asks git for it."""
 
+    def __init__(self, repo: Path, env: dict[str, str], tip: str):
+        self.repo, self.env = repo, env
+        self.tip, self.tree = tip, tree_of(repo, tip)
+        self.replayed: set[str] = set()  # commits sequential_rebase already applied
 
-def _squash(repo: Path, tip: str, unit: UnitBranch, unit_tip: str, env: dict[str, str]) -> str:
-    """One commit holding the unit's whole change, parent the current tip."""
-    if unit.start:
-        attempt = replay_tree(repo, tip, unit.start, unit_tip)
-    else:
-        attempt = merge_trees(repo, tip, unit_tip)
-    if attempt.tree is None:
-        raise _Conflict(attempt, "squashing")
-    if attempt.tree == tree_of(repo, tip):
-        return tip
-    body = f"\n\n{unit.summary.strip()}" if unit.summary.strip() else ""
-    message = f"{unit.title}{body}\n\n{UNIT_TRAILER}: {unit.unit_id}\n"
-    return commit_tree(repo, attempt.tree, [tip], message, env)
+    def _commit(self, tree: str, parents: list[str], message: str, env: dict[str, str]) -> None:
+        self.tip, self.tree = commit_tree(self.repo, tree, parents, message, env), tree
 
+    def _replay(self, base: str | None, commit: str) -> MergeAttempt:
+        """`replay_tree` onto the tip, reusing the tree already known."""
+        temp = commit_tree(self.repo, self.tree, [base] if base else [], "flotilla: replay base")
+        return merge_trees(self.repo, temp, commit, allow_unrelated=base is None)
 
-def _rebase(
-    repo: Path,
-    tip: str,
-    unit: UnitBranch,
-    unit_tip: str,
-    env: dict[str, str],
-    replayed: set[str],
-) -> str:
-    """Replay the unit's own non-merge commits, oldest first, keeping author and message.
-
-    Commits already replayed for an earlier unit (a dependency's, reachable from this branch)
-    and commits whose replay changes nothing are skipped.
-    """
-    exclude = [f"^{unit.start}"] if unit.start else []
-    listed = git_out(repo, "rev-list", "--reverse", "--no-merges", unit_tip, f"^{tip}", *exclude)
-    for commit in listed.split():
-        if commit in replayed:
-            continue
-        attempt = cherry_pick_tree(repo, tip, commit)
+    def merge(self, unit: UnitBranch, unit_tip: str) -> None:
+        """A merge commit (parents: tip, unit tip), unless the unit adds nothing new."""
+        attempt = merge_trees(self.repo, self.tip, unit_tip)
         if attempt.tree is None:
-            raise _Conflict(attempt, f"replaying commit {commit[:12]}")
-        replayed.add(commit)
-        if attempt.tree == tree_of(repo, tip):
-            continue
-        tip = commit_tree(
-            repo, attempt.tree, [tip], _message_of(repo, commit), _author(repo, commit, env)
+            raise _Conflict(attempt, "merging")
+        if attempt.tree == self.tree and is_ancestor(self.repo, unit_tip, self.tip):
+            return
+        message = f"Merge unit {unit.unit_id}: {unit.title}\n"
+        self._commit(attempt.tree, [self.tip, unit_tip], message, self.env)
+
+    def squash(self, unit: UnitBranch, unit_tip: str) -> None:
+        """One commit holding the unit's whole change, parent the current tip."""
+        if unit.start:
+            attempt = self._replay(unit.start, unit_tip)
+        else:
+            attempt = merge_trees(self.repo, self.tip, unit_tip)
+        if attempt.tree is None:
+            raise _Conflict(attempt, "squashing")
+        if attempt.tree == self.tree:
+            return
+        body = f"\n\n{unit.summary.strip()}" if unit.summary.strip() else ""
+        message = f"{unit.title}{body}\n\n{UNIT_TRAILER}: {unit.unit_id}\n"
+        self._commit(attempt.tree, [self.tip], message, self.env)
+
+    def rebase(self, unit: UnitBranch, unit_tip: str) -> None:
+        """Replay the unit's own non-merge commits, oldest first, keeping author and message.
+
+        Commits already replayed for an earlier unit (a dependency's, reachable from this branch)
+        and commits whose replay changes nothing are skipped.
+        """
+        exclude = [f"^{unit.start}"] if unit.start else []
+        listed = git_out(
+            self.repo, "rev-list", "--reverse", "--no-merges", unit_tip, f"^{self.tip}", *exclude
         )
-    return tip
+        for commit in listed.split():
+            if commit in self.replayed:
+                continue
+            parents, author, message = _read_commit(self.repo, commit)
+            attempt = self._replay(parents[0] if parents else None, commit)
+            if attempt.tree is None:
+                raise _Conflict(attempt, f"replaying commit {commit[:12]}")
+            self.replayed.add(commit)
+            if attempt.tree != self.tree:
+                self._commit(attempt.tree, [self.tip], message, {**self.env, **author})
 
 
-def _message_of(repo: Path, commit: str) -> str:
+def _read_commit(repo: Path, commit: str) -> tuple[list[str], dict[str, str], str]:
+    """Parents, original author (as GIT_AUTHOR_* variables) and message, from one git call.
+
+    The committer stays Flotilla; the author's name, e-mail and date are kept.
+    """
     raw = run_git(repo, "cat-file", "commit", commit).stdout
-    return raw.split("\n\n", 1)[1] if "\n\n" in raw else "\n"
-
-
-def _author(repo: Path, commit: str, env: dict[str, str]) -> dict[str, str]:
-    """The committer stays Flotilla (env); the original author and date are kept."""
-    name, email, date = git_out(
-        repo, "show", "-s", "--format=%an%x00%ae%x00%ad", "--date=raw", commit
-    ).split("\0")
-    return {
-        **env,
-        "GIT_AUTHOR_NAME": name,
-        "GIT_AUTHOR_EMAIL": email,
-        "GIT_AUTHOR_DATE": date,
-    }
+    header, _, message = raw.partition("\n\n")
+    parents: list[str] = []
+    author: dict[str, str] = {}
+    for line in header.splitlines():
+        if line.startswith("parent "):
+            parents.append(line.split()[1])
+        elif line.startswith("author "):
+            who, _, when = line[len("author ") :].rpartition("> ")
+            name, _, email = who.partition(" <")
+            author = {
+                "GIT_AUTHOR_NAME": name,
+                "GIT_AUTHOR_EMAIL": email,
+                "GIT_AUTHOR_DATE": when,
+            }
+    return parents, author, message or "\n"

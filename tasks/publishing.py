@@ -352,6 +352,21 @@ def publish_pull_request(
         return GitHubProvider(spec, client).publish(pr)
 
 
+def preflight(spec: PublishSpec) -> None:
+    """Check before a run that the PR can be published: a token that can push to the repo.
+
+    Raises GitHubError saying what to fix; the local provider needs nothing.
+    """
+    if spec.provider == "local":
+        return
+    settings = get_settings()
+    token = resolve_token(spec.repo or "", spec.token_secret_block)
+    with GitHubClient(
+        spec.api_url, spec.repo or "", token, retries=min(settings.github_retries, 1)
+    ) as client:
+        client.check_access()
+
+
 def push_env(spec: PublishSpec, remote: str) -> dict[str, str]:
     """Extra git environment for pushing: the GitHub token for an https remote on its host."""
     if spec.provider != "github" or not remote.startswith("https://"):

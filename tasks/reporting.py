@@ -30,9 +30,17 @@ from prefect.artifacts import (
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactUpdate
 
-from flotilla.eta import RunEta, UnitRow, estimate, format_duration, run_eta_text, unit_rows
+from flotilla.eta import (
+    RunEta,
+    UnitRow,
+    error_headline,
+    estimate,
+    format_duration,
+    run_eta_text,
+    unit_rows,
+)
 from flotilla.plan import Plan
-from flotilla.results import FeatureResult, UnitRecord, UnitStatus, utcnow
+from flotilla.results import FeatureResult, FeatureStatus, UnitRecord, UnitStatus, utcnow
 from flotilla.runs import RunContext
 from flotilla.spec import UnitSpec
 from tasks.stats import typical_durations
@@ -230,7 +238,7 @@ def publish_unit_table(
             attempt=r.attempts,
             max_attempts=max(r.attempts, 1),
             elapsed_s=round(r.duration_s, 1),
-            error=(r.error.strip().splitlines() or [""])[0][:160],
+            error=error_headline(r.error),
         ).cells()
         for r in records
     ]
@@ -298,8 +306,10 @@ def unit_markdown(unit: UnitSpec, record: UnitRecord, runs: RunStore) -> str:
 
 
 def publish_run_report(ctx: RunContext, result: FeatureResult) -> None:
-    """End of a run, whatever its outcome: the last table and progress, and the final report in
-    `feature/report.md` and as the `<feature>-report` artifact."""
+    """End of a run, whatever its outcome: the last table and progress, and the final report as
+    the `<feature>-report` artifact. A failed run's `feature/report.md` is the failure report
+    (tasks/lifecycle.py; call this after it), shown with the table of every unit appended;
+    otherwise the report is rendered here and written to `feature/report.md` too."""
     report = report_for(ctx.run_key)
     if report is not None:
         report.merge(result.units)
@@ -308,8 +318,12 @@ def publish_run_report(ctx: RunContext, result: FeatureResult) -> None:
             _reports.pop(ctx.run_key, None)
     runs = RunStore(ArtifactStore(ctx.store_url), ctx.run_key)
     try:
-        markdown = run_markdown(ctx, result, runs)
-        runs.store.write_text(runs.feature_report_key, markdown)
+        if result.status == FeatureStatus.FAILED and runs.store.exists(runs.feature_report_key):
+            failure = runs.store.read_text(runs.feature_report_key).rstrip()
+            markdown = failure + "\n\n## All units\n\n" + units_markdown(result, runs)
+        else:
+            markdown = run_markdown(ctx, result, runs)
+            runs.store.write_text(runs.feature_report_key, markdown)
         create_markdown_artifact(
             key=artifact_key(ctx.feature_id, "report"),
             markdown=markdown,
@@ -328,7 +342,6 @@ def publish_run_report(ctx: RunContext, result: FeatureResult) -> None:
 def run_markdown(ctx: RunContext, result: FeatureResult, runs: RunStore) -> str:
     """The run at a glance: outcome, where the PR is, what happened to every unit and why."""
     elapsed = (utcnow() - ctx.created_at).total_seconds()
-    store_url = runs.store.uri(runs.prefix)
     lines = [
         f"# Flotilla report: {result.title}",
         "",
@@ -347,17 +360,22 @@ def run_markdown(ctx: RunContext, result: FeatureResult, runs: RunStore) -> str:
         lines.append(f"- **Pull request:** [{where}]({link_for(where)})")
     if result.gate:
         lines.append(f"- **Feature test gate:** {result.gate.one_line()}")
-    lines += [
-        f"- **Store:** [{store_url}]({link_for(store_url)})",
-        "",
+    return "\n".join(lines) + "\n\n" + units_markdown(result, runs)
+
+
+def units_markdown(result: FeatureResult, runs: RunStore) -> str:
+    """Every unit in one table, then where the run's files are."""
+    store_url = runs.store.uri(runs.prefix)
+    lines = [
         "| Unit | Status | Attempts | Duration | Tests | Files | Last error |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in result.units:
         tests = r.tests.one_line() if r.tests else ""
-        error = (r.error.strip().splitlines() or [""])[0].replace("|", "\\|")[:120]
+        error = error_headline(r.error).replace("|", "\\|")
         lines.append(
             f"| `{r.unit_id}` | {r.status.value} | {r.attempts} | "
             f"{format_duration(r.duration_s)} | {tests} | {len(r.files_changed)} | {error} |"
         )
+    lines += ["", f"Everything the run stored: [{store_url}]({link_for(store_url)})"]
     return "\n".join(lines) + "\n"

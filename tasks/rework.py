@@ -307,7 +307,7 @@ def conflict_brief(repo: Path, conflict: ConflictInfo, unit_commit: str, unit_st
         "again on top of it, so that the result keeps what the other units did and adds what "
         "this unit is for.\n\n"
         f"### What the feature branch changed in those paths\n\n```diff\n{theirs}\n```\n\n"
-        f"### Your earlier change (`git show {unit_commit[:12]}` has it too)\n\n"
+        f"### Your earlier change (`git diff {(unit_start or base)[:12]} {unit_commit[:12]}`)\n\n"
         f"```diff\n{ours}\n```\n"
     )
 
@@ -326,7 +326,7 @@ def gate_brief(command: str, report: TestReport, passing_units: list[str]) -> st
         "so that the feature's tests pass, keeping what the other units did.\n\n"
         f"Result: {report.one_line()}\n\n"
         + (f"Failing tests:\n{failing}\n" if failing else "")
-        + f"```\n{tail}\n```\n"
+        + f"```\n{tail or '(the command printed nothing)'}\n```\n"
     )
 
 

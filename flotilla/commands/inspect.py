@@ -152,15 +152,20 @@ def _read_summary(store, runs) -> RunSummary | None:
 
 
 def _plan_of(store, runs, ctx: RunContext) -> Plan:
-    """The plan the run executed: decomposed units from plan.json, else the request's units."""
-    units = ctx.request.units
+    """The plan the run executes: the decomposed units (plan.json, else the request's), plus
+    the units that joined mid-run, laid out as the implement stage lays them out."""
+    from tasks.control import load_added
+
+    units = list(ctx.request.units)
     try:
         saved = store.read_json(runs.plan_key)
         units = [UnitSpec.model_validate(u) for u in saved.get("units", [])] or units
     except KeyError:
         pass
-    request = ctx.request.model_copy(update={"units": list(units)})
-    return Plan.from_request(request, ctx.stage("work_loop"))
+    known = {u.id for u in units}
+    units += [u for u in load_added(runs).specs() if u.id not in known]
+    request = ctx.request.model_copy(update={"units": units})
+    return Plan.from_request(request, ctx.stage("work_loop"), ctx.workflow)
 
 
 def _state_text(summary: RunSummary) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from flotilla.cli import main
@@ -19,7 +18,7 @@ from flotilla.results import FeatureResult, UnitRecord
 from tasks.store import ArtifactStore, RunStore
 from tests.e2e.helpers import git
 
-AGENT = '''
+AGENT = """
 import os, sys
 from pathlib import Path
 
@@ -36,7 +35,9 @@ if os.environ.get("SHARED"):  # every unit rewrites the same line of app.txt
 broken = os.environ.get("BREAKS") and not gate
 Path("units", f"{unit}.txt").write_text("BROKEN\\n" if broken else f"{unit}\\n")
 Path(os.environ["FLOTILLA_SUMMARY_FILE"]).write_text(f"Unit {unit} did its part.\\n")
-'''
+if conflict and os.environ.get("FAIL_REWORK"):
+    sys.exit("cannot combine the two changes")
+"""
 
 
 def make_target(path: Path) -> Path:
@@ -59,19 +60,13 @@ def write_files(
     on_conflict: str = "reimplement",
     on_gate_failure: str = "fail",
 ) -> tuple[Path, Path]:
-    """A request whose units run the script agent, and a workflow with the merge options."""
-    agent = tmp_path / "agent.py"
-    agent.write_text(AGENT)
+    """A request for `units` (see `units_with`), and a workflow with the merge options."""
     counter = tmp_path / "gate-runs.txt"
     request = {
         "feature": {"id": "merge-demo", "title": "Merge demo", "description": "For tests."},
         # The feature's test gate: count the run, then reject any unit that left the marker.
         "test": f"echo run >> {counter} && ! grep -rq BROKEN units",
         "defaults": {
-            "agent": {
-                "command": f"{sys.executable} {agent}",
-                "env": {"CALLS": str(tmp_path / "calls.txt")},
-            },
             "test": "test -d units",
             "timeout_s": 60,
             "max_iterations": 1,
@@ -139,8 +134,10 @@ SHARED = [
 
 
 def units_with(tmp_path: Path, units: list[dict]) -> list[dict]:
-    """Inline agents carrying per-unit variables; the command is the same script."""
-    agent = f"{sys.executable} {tmp_path / 'agent.py'}"
+    """Units whose agent is the script above, with per-unit variables."""
+    script = tmp_path / "agent.py"
+    script.write_text(AGENT)
+    agent = f"{sys.executable} {script}"
     calls_file = str(tmp_path / "calls.txt")
     out = []
     for unit in units:
@@ -198,6 +195,27 @@ def test_on_conflict_fail_stops_naming_the_units_and_paths(tmp_path):
     assert git(target, "branch", "--list", "flotilla/merge-demo") == ""  # nothing published
     record = runs.read_record("second")
     assert record is not None and record.reworks == []
+
+
+def test_a_rework_that_fails_leaves_the_unit_as_it_was(tmp_path):
+    target = make_target(tmp_path / "target")
+    units = [SHARED[0], {"id": "second", "env": {"SHARED": "1", "FAIL_REWORK": "1"}}]
+    write_files(tmp_path, units_with(tmp_path, units))
+
+    code, result, runs = run(tmp_path, target)
+
+    assert code == 1
+    assert result.error.startswith(
+        "merging unit 'second' conflicts with unit(s) first in app.txt; Re-running unit "
+        "'second' for a conflict failed after 2 attempt(s): agent exited with code 1"
+    )
+    assert calls(tmp_path).count("second conflict=True gate=False") == 2  # max_attempts: 2
+    record = runs.read_record("second")
+    assert record is not None and record.status == "succeeded"
+    assert [(n.reason, n.ok, n.attempts) for n in record.reworks] == [("conflict", False, 2)]
+    clone = tmp_path / "work" / "merge-test" / "repo.git"
+    assert git(clone, "rev-parse", "flotilla/merge-demo--second") == record.commit
+    assert git(clone, "show", f"{record.commit}:app.txt") == "second"
 
 
 EIGHT = [f"u{i}" for i in range(1, 9)]

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.states import Running
 
 from flows.nightly import nightly_features
-from tasks.inbox import Claim, Inbox
+from tasks.inbox import Claim, Inbox, InboxResult
 from tasks.store import ArtifactStore
-from tests.e2e.helpers import git, make_target, write_request
+from tests.e2e.helpers import AGENT, git, make_target, write_request
 
 BAD_REQUEST = """\
 feature: {id: broken, title: Broken request}
@@ -30,7 +33,11 @@ def s3_store(monkeypatch, moto_s3, s3_store_url) -> ArtifactStore:
 
 
 def queue(store: ArtifactStore, tmp_path: Path, name: str, feature_id: str, target: Path) -> Path:
-    """Write a one-unit request for `feature_id` and copy it into the store's inbox."""
+    """Queue a one-unit request for `feature_id`; return the agent's timeline file.
+
+    A `name` without .yaml queues a folder, `inbox/<name>/request.yaml`, whose agent is a
+    script in that folder named through `{request_dir}`.
+    """
     directory = tmp_path / "requests" / feature_id
     directory.mkdir(parents=True)
     timeline = tmp_path / f"{feature_id}.timeline"
@@ -41,7 +48,14 @@ def queue(store: ArtifactStore, tmp_path: Path, name: str, feature_id: str, targ
         feature_id=feature_id,
         extra={"repo": {"url": str(target)}},
     )
-    store.upload_file(f"inbox/{name}", path)
+    if name.endswith(".yaml"):
+        store.upload_file(f"inbox/{name}", path)
+        return timeline
+    request = yaml.safe_load(path.read_text())
+    request["units"][0]["agent"]["command"] = f"{sys.executable} {{request_dir}}/agent.py"
+    path.write_text(yaml.safe_dump(request))
+    shutil.copy(AGENT, directory / "agent.py")
+    store.upload_dir(f"inbox/{name}", directory)
     return timeline
 
 
@@ -49,23 +63,21 @@ def test_the_nightly_flow_files_each_request_under_done_or_failed(tmp_path, s3_s
     target = make_target(tmp_path / "target")
     timelines = [
         queue(s3_store, tmp_path, "alpha.yaml", "alpha", target),
-        queue(s3_store, tmp_path, "beta.yaml", "beta", target),
+        queue(s3_store, tmp_path, "beta", "beta", target),  # a folder with its agent
     ]
     s3_store.write_text("inbox/bad.yaml", BAD_REQUEST)
 
-    state = nightly_features(
-        store=s3_store.url, workdir=str(tmp_path / "work"), return_state=True
-    )
+    state = nightly_features(store=s3_store.url, workdir=str(tmp_path / "work"), return_state=True)
 
     assert state.is_failed()  # one request failed, so the morning shows a red run
     assert "1 of 3 queued request(s) failed: bad.yaml" in state.message
     assert s3_store.list("inbox") == []
     assert s3_store.list("running") == []
-    for name in ("alpha", "beta"):
+    for name, filed in (("alpha", "alpha.yaml"), ("beta", "beta/request.yaml")):
+        assert s3_store.exists(f"done/{filed}")
         result = s3_store.read_json(f"done/{name}.result.json")
         assert result["state"] == "succeeded", result
         assert result["feature_id"] == name
-        assert result["request_key"] == s3_store.uri(f"done/{name}.yaml")
         assert result["pr_path"] == s3_store.uri(f"runs/{result['run_key']}/feature/pr.md")
         assert result["report"].startswith(s3_store.uri(f"runs/{result['run_key']}/feature/"))
         assert s3_store.read_text(f"runs/{result['run_key']}/feature/pr.md").startswith("#")
@@ -118,3 +130,20 @@ def test_only_one_of_two_racing_claims_wins_on_s3(s3_store):
     assert s3_store.exists("running/race.yaml")
     assert not s3_store.exists("inbox/race.yaml")
     assert inboxes[0].claim("race.yaml") is None  # claimed already, and gone from the inbox
+
+
+def test_a_request_filed_again_keeps_the_earlier_result(tmp_path):
+    inbox = Inbox(ArtifactStore(str(tmp_path / "store")))
+    for n in (1, 2):
+        inbox.store.write_text("inbox/same.yaml", f"try {n}")
+        claim = inbox.claim("same.yaml")
+        result = InboxResult(request="same.yaml", state="succeeded", request_key="")
+        inbox.finish(claim.name, result)
+    assert inbox.store.list("done") == [
+        "done/same-2.result.json",
+        "done/same-2.yaml",
+        "done/same.result.json",
+        "done/same.yaml",
+    ]
+    assert inbox.store.read_text("done/same-2.yaml") == "try 2"
+    assert inbox.store.list("running") == []

@@ -61,7 +61,9 @@ def write_request(tmp_path: Path, feature_id: str, units: list[dict]) -> Path:
 def artifacts(key: str) -> list[Artifact]:
     """Every version of the artifact `key`, oldest first."""
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+        )
     return sorted(found, key=lambda a: a.created)
 
 
@@ -75,9 +77,10 @@ def table_rows(key: str) -> dict[str, dict[str, str]]:
     return {row["unit"]: row for row in json.loads(latest(key).data)}
 
 
-def wait_for(condition, what: str):
+def wait_for(condition, what: str, runner: threading.Thread):
+    """Poll `condition` until it holds; give up when the run ended or after DEADLINE_S."""
     deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and runner.is_alive():
         try:
             value = condition()
         except AssertionError:
@@ -85,13 +88,14 @@ def wait_for(condition, what: str):
         if value:
             return value
         time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"gave up waiting for {what}")
 
 
 def test_a_run_shows_live_progress_a_unit_table_and_reports(tmp_path):
     feature = f"progress-{uuid.uuid4().hex[:8]}"
     target = make_target(tmp_path / "target")
     gate = tmp_path / "gate"
+    agent = f"{sys.executable} {tmp_path / 'agent.py'}"
     request = write_request(
         tmp_path,
         feature,
@@ -99,36 +103,37 @@ def test_a_run_shows_live_progress_a_unit_table_and_reports(tmp_path):
             {
                 "id": "slow",
                 "outputs": ["notes.txt"],
-                "agent": {
-                    "command": f"{sys.executable} {tmp_path / 'agent.py'}",
-                    "env": {"GATE": str(gate), "OUTPUTS": "notes.txt"},
-                },
+                "agent": {"command": agent, "env": {"GATE": str(gate), "OUTPUTS": "notes.txt"}},
             },
-            {
-                "id": "broken",
-                "agent": {
-                    "command": f"{sys.executable} {tmp_path / 'agent.py'}",
-                    "env": {"FAIL": "1"},
-                },
-            },
+            {"id": "broken", "agent": {"command": agent, "env": {"FAIL": "1"}}},
             {"id": "after-broken", "depends_on": ["broken"]},
         ],
     )
     store = tmp_path / "store"
-    exit_code: list[int] = []
+    outcome: list[int | BaseException] = []
     args = ["run", str(request), "--repo", str(target), "--store", str(store)]
     args += ["--workdir", str(tmp_path / "work"), "--run-key", "live"]
-    runner = threading.Thread(target=lambda: exit_code.append(main(args)))
+
+    def run() -> None:
+        try:
+            outcome.append(main(args))
+        except BaseException as exc:  # reported by the assertion below
+            outcome.append(exc)
+
+    runner = threading.Thread(target=run)
     runner.start()
     try:
         # While `slow` waits for the gate, the table shows it at work and the others finished.
         rows = wait_for(
-            lambda: (r := table_rows(f"{feature}-units"))
-            and r["slow"]["status"] == "running"
-            and r["slow"]["step"].startswith("agent")
-            and r["after-broken"]["status"] == "blocked"
-            and r,
+            lambda: (
+                (r := table_rows(f"{feature}-units"))
+                and r["slow"]["status"] == "running"
+                and r["slow"]["step"].startswith("agent")
+                and r["after-broken"]["status"] == "blocked"
+                and r
+            ),
             "the unit table to show `slow` in its agent step",
+            runner,
         )
         assert rows["slow"]["attempt"] == "1/1"
         assert rows["broken"]["status"] == "failed"
@@ -139,7 +144,7 @@ def test_a_run_shows_live_progress_a_unit_table_and_reports(tmp_path):
     finally:
         gate.write_text("go")
         runner.join(timeout=DEADLINE_S)
-    assert exit_code == [1]  # a unit failed, so the feature did
+    assert outcome == [1]  # a unit failed, so the feature did
 
     # One version per run, updated in place, ending with every unit finished.
     (progress,) = artifacts(f"{feature}-progress")
@@ -153,13 +158,14 @@ def test_a_run_shows_live_progress_a_unit_table_and_reports(tmp_path):
         "blocked",
     ]
     assert rows["after-broken"]["last error"] == "blocked by failed unit(s): broken"
-    assert set(rows["slow"]) == {"unit", "status", "step", "attempt", "elapsed", "eta", "last error"}
+    columns = ["unit", "status", "step", "attempt", "elapsed", "eta", "last error"]
+    assert list(rows["slow"]) == columns
 
     # A markdown report per unit that ran, on success and on failure.
     slow = latest(f"{feature}-unit-slow").data
     assert "# Unit `slow`" in slow and "| succeeded | 1 |" in slow
     assert "Wrote slow.txt." in slow and "- `slow.txt`" in slow
-    assert "passed (exit 0)" in slow or "passed" in slow
+    assert f"`{sys.executable} -c pass`: passed (exit 0)" in slow
     assert "attempt-1.log" in slow
     broken = latest(f"{feature}-unit-broken").data
     assert "| failed | 1 |" in broken and "## Last error" in broken and "boom" in broken
@@ -171,12 +177,11 @@ def test_a_run_shows_live_progress_a_unit_table_and_reports(tmp_path):
     assert url.startswith("file://")
     assert Path(unquote(urlparse(url).path)).read_text() == "notes\n"
 
-    # The final report, also kept in the store.
+    # The final report: the failure report kept in the store, then every unit.
     report = latest(f"{feature}-report").data
-    assert report.startswith("# Flotilla report: Progress feature")
-    assert "`live` · failed" in report and "1 unit(s) failed: broken" in report
-    assert "| `broken` | failed | 1 |" in report
-    assert (store / "runs" / "live" / "feature" / "report.md").read_text() == report
+    failure = (store / "runs" / "live" / "feature" / "report.md").read_text()
+    assert report.startswith(failure.rstrip()) and "1 unit(s) failed: broken" in report
+    assert "| `broken` | failed | 1 |" in report and "| `slow` | succeeded | 1 |" in report
     assert "runs/live" in latest(f"{feature}-store").data
 
 

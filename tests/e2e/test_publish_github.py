@@ -14,6 +14,7 @@ from prefect.client.orchestration import get_client
 from prefect.logging.handlers import APILogHandler
 
 from flotilla.cli import main
+from tasks.github import GitHubError, resolve_token
 from tests.e2e.helpers import git, make_target, write_request
 from tests.integration.fake_github import FakeGitHub, running
 
@@ -163,3 +164,12 @@ def test_a_rejected_token_fails_the_run_with_a_clear_message(
     assert b"ghp_not_the_right_one" not in store_bytes(tmp_path)
     assert "ghp_not_the_right_one" not in prefect_texts()
     assert github.pulls == {}
+
+
+def test_a_missing_secret_block_says_how_to_create_it():
+    with pytest.raises(GitHubError) as caught:
+        resolve_token("acme/app", "no-such-block")
+
+    text = str(caught.value)
+    assert "Prefect Secret block 'no-such-block'" in text and "publish.token_secret_block" in text
+    assert "GITHUB_TOKEN" in text

@@ -1,8 +1,8 @@
 """A local fake of the GitHub REST endpoints Flotilla uses, checking every request it gets.
 
 It listens on 127.0.0.1 on a free port (under an optional path prefix, as GitHub Enterprise's
-`/api/v3`) and speaks exactly four endpoints: list open pulls by head, create a pull, update a
-pull, add labels. It answers like GitHub (status codes, JSON shapes, rate-limit headers) and
+`/api/v3`) and speaks exactly five endpoints: get a repository (with the token's permissions),
+list open pulls by head, create a pull, update a pull, add labels. It answers like GitHub (status codes, JSON shapes, rate-limit headers) and
 records every request. A request GitHub would not take as sent (missing or odd headers, a path
 outside the prefix, unknown or mistyped JSON fields) is answered 400 and listed in `violations`,
 which `running()` asserts empty when the test ends. `fail()` injects answers such as 403 with
@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 API_VERSION = "2022-11-28"
 _REPO = r"/repos/(?P<owner>[^/]+)/(?P<name>[^/]+)"
 _ROUTES = [
+    ("GET", re.compile(_REPO), "get_repo"),
     ("GET", re.compile(_REPO + r"/pulls"), "list_pulls"),
     ("POST", re.compile(_REPO + r"/pulls"), "create_pull"),
     ("PATCH", re.compile(_REPO + r"/pulls/(?P<number>\d+)"), "update_pull"),
@@ -48,7 +49,7 @@ class Fault:
     method: str
     pattern: str
     status: int
-    headers: dict[str, str]
+    headers: dict[str, str | Callable[[], str]]  # a callable is asked when answering
     body: Any
     times: int
 
@@ -59,6 +60,7 @@ class FakeGitHub:
     repos: tuple[str, ...] = ("acme/app",)
     prefix: str = ""
     branch_exists: Callable[[str], bool] | None = None
+    read_only: tuple[str, ...] = ()
     requests: list[Recorded] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     pulls: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -76,7 +78,7 @@ class FakeGitHub:
         pattern: str,
         status: int,
         *,
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str | Callable[[], str]] | None = None,
         body: Any = None,
         times: int = 1,
     ) -> None:
@@ -89,6 +91,12 @@ class FakeGitHub:
 
     # -- the endpoints ---------------------------------------------------------------------
 
+    def get_repo(self, repo: str, body: Any, **_: Any):
+        if body is not None:
+            self.violations.append("GET repo carried a body")
+        permissions = {"admin": False, "push": repo not in self.read_only, "pull": True}
+        return 200, {"full_name": repo, "permissions": permissions}
+
     def list_pulls(self, repo: str, owner: str, query: dict, body: Any, **_: str):
         if body is not None:
             self.violations.append("GET pulls carried a body")
@@ -100,7 +108,9 @@ class FakeGitHub:
         return 200, [p for p in found if p["head"]["ref"] == branch]
 
     def create_pull(self, repo: str, owner: str, body: Any, **_: Any):
-        if not self._fields(body, {"title": str, "head": str, "base": str}, {"body": str, "draft": bool}):
+        if not self._fields(
+            body, {"title": str, "head": str, "base": str}, {"body": str, "draft": bool}
+        ):
             return 400, {"message": "Problems parsing JSON"}
         for side in ("head", "base"):
             if self.branch_exists and not self.branch_exists(body[side]):
@@ -111,7 +121,9 @@ class FakeGitHub:
         ):
             return 422, {
                 "message": "Validation Failed",
-                "errors": [{"message": f"A pull request already exists for {owner}:{body['head']}."}],
+                "errors": [
+                    {"message": f"A pull request already exists for {owner}:{body['head']}."}
+                ],
             }
         number = sum(len(v) for v in self.pulls.values()) + 1
         pull = {
@@ -213,7 +225,8 @@ class FakeGitHub:
                 fault.times -= 1
                 given = auth.removeprefix("Bearer ")
                 text = json.dumps(fault.body).replace("{token}", given)
-                return fault.status, fault.headers, json.loads(text)
+                headers = {k: v() if callable(v) else v for k, v in fault.headers.items()}
+                return fault.status, headers, json.loads(text)
         for verb, pattern, name in _ROUTES:
             match = pattern.fullmatch(route)
             if match and verb == method:

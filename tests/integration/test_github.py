@@ -16,7 +16,13 @@ from pydantic import SecretStr
 
 from flotilla.spec import PublishSpec
 from tasks.github import GitHubClient, GitHubError, git_auth_env, rate_limit_wait
-from tasks.publishing import GitHubProvider, PullRequestInfo, publish_pull_request, push_env
+from tasks.publishing import (
+    GitHubProvider,
+    PullRequestInfo,
+    preflight,
+    publish_pull_request,
+    push_env,
+)
 from tests.integration.fake_github import FakeGitHub, running
 
 TOKEN = f"ghp_test{uuid.uuid4().hex}"
@@ -41,12 +47,19 @@ def client_for(fake: FakeGitHub, repo: str = "acme/app", token: str = TOKEN, **k
 
 
 def spec_for(fake: FakeGitHub, **kw) -> PublishSpec:
-    options = {"provider": "github", "repo": "acme/app", "api_url": fake.url, "labels": ["flotilla"]}
+    options = {
+        "provider": "github",
+        "repo": "acme/app",
+        "api_url": fake.url,
+        "labels": ["flotilla"],
+    }
     return PublishSpec(**{**options, **kw})
 
 
 def info(body: str = "The body.", title: str = "Add auth") -> PullRequestInfo:
-    return PullRequestInfo(title=title, body=body, head=HEAD, base="main", full_text_url="s3://b/pr")
+    return PullRequestInfo(
+        title=title, body=body, head=HEAD, base="main", full_text_url="s3://b/pr"
+    )
 
 
 def publish(fake: FakeGitHub, pr: PullRequestInfo | None = None, **kw):
@@ -153,6 +166,22 @@ def test_a_missing_token_says_how_to_set_one(github, monkeypatch, value):
     assert github.requests == []
 
 
+def test_preflight_checks_token_and_push_access_before_a_run(monkeypatch):
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    with running(TOKEN, repos=("acme/app", "acme/docs"), read_only=("acme/docs",)) as fake:
+        preflight(spec_for(fake))
+        assert [(r.method, r.path) for r in fake.requests] == [("GET", "/repos/acme/app")]
+        with pytest.raises(GitHubError, match="can read acme/docs but not push to it"):
+            preflight(spec_for(fake, repo="acme/docs"))
+        with pytest.raises(GitHubError, match="publish.repo"):
+            preflight(spec_for(fake, repo="acme/missing"))
+        preflight(PublishSpec())  # the local provider needs nothing
+        assert len(fake.requests) == 3
+        monkeypatch.delenv("GITHUB_TOKEN")
+        with pytest.raises(GitHubError, match="GITHUB_TOKEN"):
+            preflight(spec_for(fake))
+
+
 # -- errors ------------------------------------------------------------------------------------
 
 
@@ -237,20 +266,31 @@ def test_unreachable_api_is_a_clear_error():
 
 
 def test_rate_limit_waits_for_the_reset_header_then_retries(github):
-    reset = int(time.time()) + 1
-    limited = {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(reset)}
-    github.fail("GET", r"/pulls$", 403, headers=limited, body={"message": "API rate limit exceeded"})
+    resets: list[int] = []
+
+    def next_second() -> str:  # the reset GitHub names: the start of the next second
+        resets.append(int(time.time()) + 1)
+        return str(resets[-1])
+
+    limited = {"x-ratelimit-remaining": "0", "x-ratelimit-reset": next_second}
+    github.fail(
+        "GET", r"/pulls$", 403, headers=limited, body={"message": "API rate limit exceeded"}
+    )
 
     pr = publish(github)
 
     assert pr.created
     first, retry = github.calls("GET")
-    assert retry.at >= reset > first.at  # the retry came after the reset GitHub named
+    assert retry.at >= resets[0] > first.at  # the retry came after the reset GitHub named
 
 
 def test_secondary_rate_limit_honours_retry_after(github):
     github.fail(
-        "POST", r"/pulls$", 429, headers={"retry-after": "0"}, body={"message": "secondary rate limit"}
+        "POST",
+        r"/pulls$",
+        429,
+        headers={"retry-after": "0"},
+        body={"message": "secondary rate limit"},
     )
 
     pr = publish(github)
@@ -261,7 +301,9 @@ def test_secondary_rate_limit_honours_retry_after(github):
 def test_a_rate_limit_beyond_the_wait_cap_fails_at_once_saying_when(github):
     reset = str(int(time.time()) + 3600)
     limited = {"x-ratelimit-remaining": "0", "x-ratelimit-reset": reset}
-    github.fail("GET", r"/pulls$", 403, headers=limited, body={"message": "API rate limit exceeded"})
+    github.fail(
+        "GET", r"/pulls$", 403, headers=limited, body={"message": "API rate limit exceeded"}
+    )
 
     error = fail_with(github, max_wait_s=5.0)
 
@@ -321,13 +363,17 @@ def test_git_auth_env_is_read_by_git_and_stays_on_the_github_host(monkeypatch):
     assert header.startswith("AUTHORIZATION: basic ")
     assert base64.b64decode(header.split()[-1]).decode() == f"x-access-token:{TOKEN}"
     assert TOKEN not in str(env)  # only the base64 form travels
-    ghe = git_auth_env("https://ghe.example.com/acme/app.git", "https://ghe.example.com/api/v3", token)
+    ghe = git_auth_env(
+        "https://ghe.example.com/acme/app.git", "https://ghe.example.com/api/v3", token
+    )
     assert ghe["GIT_CONFIG_KEY_0"] == "http.https://ghe.example.com/.extraheader"
     assert git_auth_env("https://gitlab.com/acme/app.git", "https://api.github.com", token) == {}
     assert git_auth_env("git@github.com:acme/app.git", "https://api.github.com", token) == {}
     assert git_auth_env("/srv/git/app.git", "https://api.github.com", token) == {}
     monkeypatch.setenv("GIT_CONFIG_COUNT", "2")
-    assert "GIT_CONFIG_KEY_2" in git_auth_env("https://github.com/a/b", "https://api.github.com", token)
+    assert "GIT_CONFIG_KEY_2" in git_auth_env(
+        "https://github.com/a/b", "https://api.github.com", token
+    )
 
 
 def test_push_env_only_for_github_https_remotes(github, monkeypatch):

@@ -28,7 +28,11 @@ from tests.integration.gitrepos import (
 FEATURE = "flotilla/greet"
 UNITS = "flotilla-units/greet"
 APP = "line 1\nline 2\nline 3\nline 4\nline 5\n"
-ALICE = {"GIT_AUTHOR_NAME": "Alice", "GIT_AUTHOR_EMAIL": "alice@example.com"}
+ALICE = {
+    "GIT_AUTHOR_NAME": "Alice",
+    "GIT_AUTHOR_EMAIL": "alice@example.com",
+    "GIT_AUTHOR_DATE": "1600000000 +0200",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -151,6 +155,9 @@ def test_sequential_rebase_replays_each_commit_linearly(repo: Repo, with_start: 
     ]
     assert [m.unit_id for m in result.merges] == ["a", "b", "c"]
     assert result.merges[0].commit == history[2]
+    # The author's date travels with the author; the message is kept verbatim.
+    shown = git(repo.path, "show", "-s", "--format=%ad|%B", "--date=raw", history[3])
+    assert shown == "1600000000 +0200|Add a.py"
 
 
 def test_sequential_rebase_skips_a_change_already_present(repo: Repo):

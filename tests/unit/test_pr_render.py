@@ -55,7 +55,11 @@ def draft(**kw) -> PullRequestDraft:
             files_changed=[f"src/api/f{n}.py" for n in range(15)],
             reworks=[
                 ReworkNote(
-                    reason="conflict", onto="abcdef1234567", paths=["src/app.py"], ok=True, attempts=1
+                    reason="conflict",
+                    onto="abcdef1234567",
+                    paths=["src/app.py"],
+                    ok=True,
+                    attempts=1,
                 )
             ],
         ),
@@ -182,7 +186,9 @@ def test_many_files_fold_and_reworks_are_told():
 
     assert "<details><summary><b>Files changed (15)</b></summary>" in api
     assert "- `src/api/f14.py`" in api
-    assert "after a merge conflict in `src/app.py` on top of `abcdef1234`; 1 attempt(s), done" in api
+    assert (
+        "after a merge conflict in `src/app.py` on top of `abcdef1234`; 1 attempt(s), done" in api
+    )
 
 
 def test_a_unit_fixed_after_the_gate_is_named():
