@@ -202,8 +202,11 @@ def eta_text(eta: UnitEta | None, status: UnitStatus) -> str:
     return f"~{format_duration(eta.remaining_s)}"
 
 
-def unit_rows(plan: Plan, records: dict[str, UnitRecord], eta: RunEta) -> list[UnitRow]:
-    """The unit table in plan order; ledger entries the plan does not know come last."""
+def unit_rows(
+    plan: Plan, records: dict[str, UnitRecord], eta: RunEta, live: bool = True
+) -> list[UnitRow]:
+    """The unit table in plan order; ledger entries the plan does not know come last.
+    A run that is over (`live=False`) shows no ETAs: its unfinished units will not run."""
     order = plan.order() + sorted(set(records) - set(plan.units))
     rows = []
     for unit_id in order:
@@ -218,8 +221,8 @@ def unit_rows(plan: Plan, records: dict[str, UnitRecord], eta: RunEta) -> list[U
                 attempt=record.attempts,
                 max_attempts=settings.retry_policy.max_attempts if settings else record.attempts,
                 elapsed_s=round(unit_eta.elapsed_s if unit_eta else record.duration_s, 1),
-                eta_s=None if unit_eta is None else unit_eta.remaining_s,
-                eta=eta_text(unit_eta, record.status),
+                eta_s=unit_eta.remaining_s if unit_eta and live else None,
+                eta=eta_text(unit_eta, record.status) if live else "",
                 error=error_headline(record.error),
             )
         )

@@ -31,7 +31,6 @@ from tasks.units import run_store_for, workspace_for
 
 @flow(name="decompose", persist_result=False)
 def decompose(ctx: RunContext) -> list[UnitSpec]:
-    logger = get_run_logger()
     runs = run_store_for(ctx)
     durations = typical_durations(runs.store)
     stage = ctx.stage("plan_decomposer")

@@ -92,8 +92,7 @@ def nightly_features(
         names = ", ".join(r.request for r in failed)
         return Failed(
             message=f"{len(failed)} of {len(report.results)} queued request(s) failed: {names}. "
-            f"Each one's reason is in {inbox.store.uri('failed')}/<name>.result.json.",
-            data=report,
+            f"Each one's reason is in {inbox.store.uri('failed')}/<name>.result.json."
         )
     return report
 

@@ -75,8 +75,8 @@ def open_pull_request(ctx: RunContext, markdown: str, pr_path: str) -> Published
         title=ctx.request.feature.title,
         body=markdown,
         head=ctx.feature_branch,
-        base=ctx.base.removeprefix("refs/heads/"),
-        full_text_url=pr_path,
+        base=workspace_for(ctx).base_branch() or ctx.base,  # `HEAD` names no branch
+        full_text_url=link_for(pr_path),
     )
     logger = get_run_logger()
     pr = publish_pull_request(ctx.request.publish, info, logger)

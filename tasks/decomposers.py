@@ -121,7 +121,7 @@ def build_prompt(request: FeatureRequest, tree: list[str], previous: Answer | No
         "the files each unit will change, so units that change the same files are not run at "
         "the same time. Dependencies must not form a cycle.",
         "",
-        "Answer with JSON only: an object `{\"units\": [...]}` whose units follow the schema "
+        'Answer with JSON only: an object `{"units": [...]}` whose units follow the schema '
         "below. Write it to the file named by $FLOTILLA_PLAN_FILE, or print it as your answer.",
         "",
         "## Files in the repository",
@@ -252,6 +252,10 @@ def _describe(problem: Problem, units: list) -> str:
     return f"{where}: {problem.message}" if where else problem.message
 
 
+def _is_unit(value: object) -> bool:
+    return isinstance(value, dict) and "id" in value
+
+
 def extract_units(text: str) -> list:
     """The units of a JSON plan found in `text`: `{"units": [...]}` or a bare list of units.
 
@@ -268,9 +272,8 @@ def extract_units(text: str) -> list:
             continue
         if isinstance(value, dict) and isinstance(value.get("units"), list):
             found.append(value["units"])
-        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            if all("id" in v for v in value):
-                found.append(value)
+        elif isinstance(value, list) and value and all(_is_unit(v) for v in value):
+            found.append(value)
     if found:
         return found[-1]
     if first_error is not None:

@@ -201,14 +201,18 @@ def _messages(raw: str) -> str:
     return "\n".join(lines)
 
 
-def replay_tree(repo: Path, onto: str, base: str | None, commit: str) -> MergeAttempt:
+def replay_tree(
+    repo: Path, onto: str, base: str | None, commit: str, onto_tree: str | None = None
+) -> MergeAttempt:
     """Apply the change base..commit onto `onto` (cherry-pick semantics); no ref is written.
 
-    A throwaway commit carries onto's tree with `base` as its parent, so the merge base of it and
-    `commit` is `base`. With no base (a root commit) the empty tree is the base.
+    A throwaway commit carries onto's tree (`onto_tree` when the caller knows it) with `base` as
+    its parent, so the merge base of it and `commit` is `base`. With no base (a root commit) the
+    empty tree is the base.
     """
     parents = [base] if base else []
-    temp = commit_tree(repo, tree_of(repo, onto), parents, "flotilla: temporary replay base")
+    tree = onto_tree or tree_of(repo, onto)
+    temp = commit_tree(repo, tree, parents, "flotilla: temporary replay base")
     return merge_trees(repo, temp, commit, allow_unrelated=base is None)
 
 
@@ -350,9 +354,7 @@ class _Builder:
         self.tip, self.tree = commit_tree(self.repo, tree, parents, message, env), tree
 
     def _replay(self, base: str | None, commit: str) -> MergeAttempt:
-        """`replay_tree` onto the tip, reusing the tree already known."""
-        temp = commit_tree(self.repo, self.tree, [base] if base else [], "flotilla: replay base")
-        return merge_trees(self.repo, temp, commit, allow_unrelated=base is None)
+        return replay_tree(self.repo, self.tip, base, commit, onto_tree=self.tree)
 
     def merge(self, unit: UnitBranch, unit_tip: str) -> None:
         """A merge commit (parents: tip, unit tip), unless the unit adds nothing new."""

@@ -83,6 +83,7 @@ class RunReport:
         self.plan, self.typical = plan, typical
         self.max_concurrent = stage.max_concurrent if stage else None
         self.records: dict[str, UnitRecord] = {}
+        self.outcome: str | None = None  # set when the run is over: no more ETAs
         self.progress_id = self.table_id = None
         self._lock = threading.Lock()
         self._dirty = True
@@ -153,9 +154,9 @@ class RunReport:
         blocked = len(finished) - counts["succeeded"] - counts["failed"]
         parts = [f"{n} {s}" for s, n in (*counts.items(), ("blocked", blocked)) if n]
         detail = f" ({', '.join(parts)})" if parts else ""
+        tail = f"the run {self.outcome}" if self.outcome else f"ETA {run_eta_text(eta)}"
         description = (
-            f"Run {self.run_key}: {len(finished)} of {total} units finished{detail}; "
-            f"ETA {run_eta_text(eta)}."
+            f"Run {self.run_key}: {len(finished)} of {total} units finished{detail}; {tail}."
         )
         progress = 100.0 * len(finished) / total if total else 100.0
         return progress, description, [r.cells() for r in rows]
@@ -164,7 +165,7 @@ class RunReport:
         return estimate(self.plan, self.records, self.typical, utcnow(), self.max_concurrent)
 
     def rows(self, eta: RunEta | None = None) -> list[UnitRow]:
-        return unit_rows(self.plan, self.records, eta or self.eta())
+        return unit_rows(self.plan, self.records, eta or self.eta(), live=self.outcome is None)
 
     def _send(self, progress: float, description: str, rows: list[dict[str, str]]) -> None:
         if self.progress_id is not None:
@@ -275,7 +276,8 @@ def unit_markdown(unit: UnitSpec, record: UnitRecord, runs: RunStore) -> str:
         "| Status | Attempts | Iterations | Duration | Branch | Commit |",
         "|---|---|---|---|---|---|",
         f"| {record.status.value} | {record.attempts} | {record.iterations} | "
-        f"{format_duration(record.duration_s)} | `{record.branch}` | `{record.commit[:12]}` |",
+        f"{format_duration(record.duration_s)} | `{record.branch}` | "
+        f"{f'`{record.commit[:12]}`' if record.commit else 'none'} |",
         "",
         "## Summary",
         "",
@@ -312,6 +314,7 @@ def publish_run_report(ctx: RunContext, result: FeatureResult) -> None:
     otherwise the report is rendered here and written to `feature/report.md` too."""
     report = report_for(ctx.run_key)
     if report is not None:
+        report.outcome = result.status.value
         report.merge(result.units)
         report.flush(force=True)
         with _reports_lock:

@@ -83,10 +83,10 @@ def cmd_retry(args: argparse.Namespace) -> int:
     failed = [u for u in known if u in ledger and ledger[u].status == UnitStatus.FAILED]
     blocked = [u for u in known if u in ledger and ledger[u].status == UnitStatus.BLOCKED]
     summary = read_summary(runs)
-    if not args.unit and not failed and summary is not None:
-        if summary.state == RunState.SUCCEEDED:
-            print(f"Run {ctx.run_key} succeeded; nothing failed. Name units with --unit to run them again.")
-            return EXIT_OK
+    succeeded = summary is not None and summary.state == RunState.SUCCEEDED
+    if not args.unit and not failed and succeeded:
+        print(f"Run {ctx.run_key} succeeded; nothing failed. Name units with --unit to redo them.")
+        return EXIT_OK
     again = args.unit or failed
     plan_note = f" (and the units they blocked: {', '.join(blocked)})" if blocked else ""
     done = [u for u in known if u in ledger and ledger[u].status == UnitStatus.SUCCEEDED]
@@ -131,7 +131,9 @@ def report_outcome(state, store_url: str, run_key: str, repo: str) -> int:
     result = _read_result(store_url, run_key)
     if result is None:
         print(f"The run ended before it produced a result: {state.message}", file=sys.stderr)
-        print(f"`flotilla resume {run_key}` carries it on once the cause is fixed.", file=sys.stderr)
+        print(
+            f"`flotilla resume {run_key}` carries it on once the cause is fixed.", file=sys.stderr
+        )
         return EXIT_FAILED
     print_summary(result, repo)
     if result.status == FeatureStatus.PAUSED:

@@ -8,17 +8,18 @@ server's history is gone.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from flotilla.commands.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_PAUSED, command
-from flotilla.errors import RunError
+from flotilla.errors import FlotillaError, RunError
 from flotilla.eta import RunEta, UnitRow, estimate, format_duration, run_eta_text, unit_rows
 from flotilla.plan import Plan
 from flotilla.results import RunState, RunSummary, UnitStatus, utcnow
@@ -68,6 +69,28 @@ def _open_store(url: str | None):
     return ArtifactStore(url or get_settings().store)
 
 
+def _reads_store(handler: Callable[[argparse.Namespace], int]):
+    """Turn a store that cannot be read (S3 down, bad credentials) into a sentence."""
+
+    @functools.wraps(handler)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except (FlotillaError, KeyboardInterrupt, BrokenPipeError):
+            raise
+        except Exception as exc:
+            from flotilla.settings import get_settings
+
+            url = args.store or get_settings().store
+            raise RunError(
+                f"Could not read the store {url} ({type(exc).__name__}: {exc}). Check that it is "
+                "reachable and that the credentials allow reading it; for MinIO or moto set "
+                "FLOTILLA_S3_ENDPOINT_URL."
+            ) from exc
+
+    return wrapper
+
+
 # -- status -----------------------------------------------------------------------------------
 
 
@@ -97,7 +120,10 @@ class RunView:
             utcnow(),
             stage.max_concurrent if stage else None,
         )
-        self.rows: list[UnitRow] = unit_rows(self.plan, self.records, self.eta)
+        self.live = self.summary is None or (
+            self.summary.state == RunState.RUNNING and not _gone(self.summary)
+        )
+        self.rows: list[UnitRow] = unit_rows(self.plan, self.records, self.eta, self.live)
 
     @property
     def state(self) -> str:
@@ -116,8 +142,8 @@ class RunView:
             else None,
             "units_total": len(self.rows),
             "units_succeeded": sum(r.status == UnitStatus.SUCCEEDED for r in self.rows),
-            "eta_s": self.eta.remaining_s,
-            "eta_at": self.eta.finish_at.isoformat() if self.eta.finish_at else None,
+            "eta_s": self.eta.remaining_s if self.live else None,
+            "eta_at": self.eta.finish_at.isoformat() if self.live and self.eta.finish_at else None,
             "critical_path": self.eta.critical_path,
             "error": summary.error if summary else "",
             "units": [r.model_dump() for r in self.rows],
@@ -134,7 +160,7 @@ class RunView:
             f"{format_duration((ended - started).total_seconds())}",
             f"Units:   {succeeded} of {len(self.rows)} succeeded",
         ]
-        if any(not UnitStatus(r.status).is_final for r in self.rows):
+        if self.live and any(not UnitStatus(r.status).is_final for r in self.rows):
             lines.append(f"ETA:     {run_eta_text(self.eta)} for the units")
             if len(self.eta.critical_path) > 1:
                 lines.append(f"Critical path: {' -> '.join(self.eta.critical_path)}")
@@ -177,19 +203,14 @@ def _state_text(summary: RunSummary) -> str:
 
 def _gone(summary: RunSummary) -> bool:
     """A run that says `running` whose process, on this very host, no longer exists."""
+    from tasks.recovery import process_alive
+
     if summary.state != RunState.RUNNING or summary.host != socket.gethostname():
         return False
-    if not summary.pid:
-        return False
-    try:
-        os.kill(summary.pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return bool(summary.pid) and not process_alive(summary.pid)
 
 
+@_reads_store
 def cmd_status(args: argparse.Namespace) -> int:
     store = _open_store(args.store)
     while True:
@@ -215,6 +236,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 # -- runs -------------------------------------------------------------------------------------
 
 
+@_reads_store
 def cmd_runs(args: argparse.Namespace) -> int:
     from tasks.store import RunStore, list_runs
 
@@ -258,6 +280,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 # -- artifacts --------------------------------------------------------------------------------
 
 
+@_reads_store
 def cmd_artifacts(args: argparse.Namespace) -> int:
     from tasks.store import RunStore
 

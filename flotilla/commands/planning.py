@@ -171,4 +171,3 @@ def render_mermaid(plan: Plan) -> str:
         lines.append("  classDef critical stroke-width:3px,stroke:#d33")
         lines.append(f"  class {','.join(ids[u] for u in path)} critical")
     return "\n".join(lines)
-

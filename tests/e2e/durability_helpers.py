@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -42,7 +43,10 @@ def durable_request(
         unit = dict(unit)
         env = unit.pop("env", None)
         if env is not None:
-            unit["agent"] = {"command": f"{python} {AGENT}", "env": {"MARKERS": str(markers), **env}}
+            unit["agent"] = {
+                "command": f"{python} {AGENT}",
+                "env": {"MARKERS": str(markers), **env},
+            }
         spec_units.append(unit)
     request = {
         "feature": {"id": feature_id, "title": "Durable feature", "description": "For tests."},
@@ -130,10 +134,14 @@ def wait_for(
     deadline = time.monotonic() + timeout_s
     while not check():
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the orchestrator exited ({proc.returncode}) before {what}:\n"
-                                 + (log.read_text() if log else ""))
+            raise AssertionError(
+                f"the orchestrator exited ({proc.returncode}) before {what}:\n"
+                + (log.read_text() if log else "")
+            )
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}:\n" + (log.read_text() if log else ""))
+            raise AssertionError(
+                f"timed out waiting for {what}:\n" + (log.read_text() if log else "")
+            )
         time.sleep(0.1)
 
 
@@ -145,7 +153,5 @@ def kill_leftovers(pids: list[int]) -> None:
     """Never leave a process behind, whatever the test's outcome."""
     for pid in pids:
         if process_alive(pid):
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass

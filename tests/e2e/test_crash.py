@@ -64,7 +64,9 @@ def crash_and_resume(tmp_path: Path, store: str, env: dict[str, str], reference:
     markers = tmp_path / "markers"
     request = durable_request(tmp_path, units(tmp_path / "never-released"), markers)
     log = tmp_path / "orchestrator.log"
-    proc = start_orchestrator(run_args(request, target, store, tmp_path / "work", "crash"), env, log)
+    proc = start_orchestrator(
+        run_args(request, target, store, tmp_path / "work", "crash"), env, log
+    )
     orphans: list[int] = []
     try:
 
@@ -74,7 +76,9 @@ def crash_and_resume(tmp_path: Path, store: str, env: dict[str, str], reference:
             held = all((markers / f"{u}.1").exists() for u in SLOW)
             return done and held
 
-        wait_for("two units done and two agents running", some_done_some_running, proc=proc, log=log)
+        wait_for(
+            "two units done and two agents running", some_done_some_running, proc=proc, log=log
+        )
         orphans = [marker_pid(markers, u) for u in SLOW]
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -91,7 +95,13 @@ def crash_and_resume(tmp_path: Path, store: str, env: dict[str, str], reference:
         assert cli("resume", "crash", "--store", store) == 0
 
         # succeeded units ran once over both runs; the two in flight ran again; join once
-        assert invocations(markers) == {"fast-a": 1, "fast-b": 1, "slow-c": 2, "slow-d": 2, "join": 1}
+        assert invocations(markers) == {
+            "fast-a": 1,
+            "fast-b": 1,
+            "slow-c": 2,
+            "slow-d": 2,
+            "join": 1,
+        }
         wait_for("the orphaned agents to die", lambda: not any(map(process_alive, orphans)))
         with get_client(sync_client=True) as client:
             state = client.read_flow_run(summary.flow_run_id).state

@@ -141,7 +141,9 @@ def test_the_feature_deployment_runs_on_a_process_worker(server, tmp_path):
     deployments = httpx.post(f"{api_url}/deployments/filter", json={}, timeout=10).json()
     by_name = {d["name"]: d for d in deployments}
     assert set(by_name) == {"feature", "nightly-features", "unit"}
-    assert by_name["nightly-features"]["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
+    nightly = by_name["nightly-features"]
+    assert nightly["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
+    assert nightly["global_concurrency_limit"]["limit"] == 1  # never two nightly runs at once
     assert {d["work_pool_name"] for d in deployments} == {"flotilla"}
 
     started = cli(
@@ -184,3 +186,11 @@ def test_the_feature_deployment_runs_on_a_process_worker(server, tmp_path):
     with temporary_settings({PREFECT_API_URL: api_url}):  # setup is idempotent
         assert not ensure_work_pool()
         assert not ensure_automation()
+
+
+def test_the_operations_guide_shows_the_automation_file_as_it_is():
+    docs = (ROOT / "docs" / "operations.md").read_text()
+    shown = docs.split("```yaml\nname: flotilla-crash-zombie-flow-runs\n", 1)[1].split("```", 1)[0]
+    text = (ROOT / "deployments" / "zombie-automation.yaml").read_text()
+    body = "".join(line for line in text.splitlines(keepends=True) if not line.startswith("#"))
+    assert body == "name: flotilla-crash-zombie-flow-runs\n" + shown

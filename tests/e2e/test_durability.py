@@ -6,6 +6,10 @@ invocations with marker files), the session's Prefect harness, and the CLI as a 
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import uuid
+
 import yaml
 from prefect import get_client
 
@@ -157,7 +161,11 @@ def test_rollback_to_a_checkpoint_makes_resume_redo_what_came_after(tmp_path, ca
     store = store_of(tmp_path)
     request = durable_request(
         tmp_path,
-        [{"id": "one"}, {"id": "two", "depends_on": ["one"]}, {"id": "three", "depends_on": ["two"]}],
+        [
+            {"id": "one"},
+            {"id": "two", "depends_on": ["one"]},
+            {"id": "three", "depends_on": ["two"]},
+        ],
         markers,
     )
     assert cli(*run_args(request, target, store, tmp_path / "work", "chain")) == 0
@@ -186,3 +194,24 @@ def test_rollback_to_a_checkpoint_makes_resume_redo_what_came_after(tmp_path, ca
     assert invocations(markers) == {"one": 1, "two": 2, "three": 2}
     assert git(target, "rev-parse", "flotilla/durable^{tree}") == first_tip
     assert len(list_checkpoints(runs)) == 5  # numbers only grow: 4 and 5 came after the rollback
+
+    # Back to checkpoint 4 (one and two done), then lose the clone and Prefect's record of the
+    # run: the ledger still knows, and the pushed unit branches come back from the target.
+    assert cli("rollback", "chain", "--store", store, "--to", "4") == 0
+    shutil.rmtree(clone)
+    summary = runs.store.read_model(runs.state_key, RunSummary)
+    gone = _dead_pid()
+    lost = {"state": RunState.RUNNING, "pid": gone, "flow_run_id": str(uuid.uuid4())}
+    runs.store.write_json(runs.state_key, summary.model_copy(update=lost))
+
+    assert cli("resume", "chain", "--store", store) == 0
+
+    assert invocations(markers) == {"one": 1, "two": 2, "three": 3}
+    assert git(target, "rev-parse", "flotilla/durable^{tree}") == first_tip
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been waited for)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid

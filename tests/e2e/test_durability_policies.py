@@ -45,9 +45,13 @@ def test_policy_precedence_is_unit_then_agent_then_defaults_then_stage():
         yaml.safe_load(resources.files("flotilla").joinpath("default_workflow.yaml").read_text())
     )
     stage = workflow.stage_for("work_loop").model_copy(update={"retry_policy": stage_policy})
-    attempts = {u.id: resolve_settings(request, u, stage).retry_policy.max_attempts for u in request.units}
+    attempts = {
+        u.id: resolve_settings(request, u, stage).retry_policy.max_attempts for u in request.units
+    }
     assert attempts == {"own": 5, "agent-level": 3, "defaults-level": 4}
-    bare = request.model_copy(update={"defaults": request.defaults.model_copy(update={"retry_policy": None})})
+    bare = request.model_copy(
+        update={"defaults": request.defaults.model_copy(update={"retry_policy": None})}
+    )
     assert resolve_settings(bare, bare.units[2], stage).retry_policy.max_attempts == 2
 
 
@@ -82,9 +86,7 @@ def test_attempts_follow_the_policies_rate_limits_are_free_and_tests_feed_back(
             }
         },
     )
-    workflow = workflow_file(
-        tmp_path, allow_partial=True, retry_policy={"max_attempts": 2, **FAST}
-    )
+    workflow = workflow_file(tmp_path, allow_partial=True, retry_policy={"max_attempts": 2, **FAST})
     args = run_args(request, target, str(tmp_path / "store"), tmp_path / "work", "policies")
 
     assert cli(*args, "--workflow", workflow) == 1
@@ -112,7 +114,9 @@ def test_attempts_follow_the_policies_rate_limits_are_free_and_tests_feed_back(
     assert ledger["not-retried"].failure_class == "agent_failed"
     # the second iteration's prompt carried the failing test output
     prompt = (markers / "fix-forward.2").read_text()
-    assert "The tests failed after iteration 1" in prompt and "fix-forward: not finished yet" in prompt
+    assert (
+        "The tests failed after iteration 1" in prompt and "fix-forward: not finished yet" in prompt
+    )
     assert ledger["fix-forward"].iterations == 2
     pr = runs.store.read_text(runs.pr_key)  # allow_partial: the PR exists and shows iterations
     fix_forward = pr[pr.index("(`fix-forward`)") :]

@@ -13,9 +13,10 @@ from pathlib import Path
 import yaml
 
 from flotilla.cli import main
+from flotilla.spec import FeatureRequest
 from tests.e2e.helpers import AGENT, git, make_target, timeline_of
 
-PLANNER = '''\
+PLANNER = """\
 import os, shutil, sys
 from pathlib import Path
 
@@ -34,7 +35,7 @@ else:
     ]}
     Path(os.environ["FLOTILLA_PLAN_FILE"]).write_text(__import__("json").dumps(plan))
     print("Plan written.")
-'''
+"""
 
 
 def write_files(tmp_path: Path, *, max_rounds: int = 3, always_bad: bool = False):
@@ -160,3 +161,25 @@ def test_no_valid_plan_within_max_rounds_fails_the_run(tmp_path, capsys):
     assert sorted(p.name for p in prompts.iterdir()) == ["1.md", "2.md"]
     assert not timeline.exists()  # no unit ran
     assert not (tmp_path / "store" / "runs" / "bad-plan" / "plan.json").exists()
+
+
+def test_answers_are_read_from_prose_fences_or_bare_lists():
+    from tasks.decomposers import check_answer, extract_units
+
+    fenced = 'Sure!\n```json\n{"units": [{"id": "a"}]}\n```\nDone.'
+    assert extract_units(fenced) == [{"id": "a"}]
+    assert extract_units('[{"id": "a"}, {"id": "b"}]') == [{"id": "a"}, {"id": "b"}]
+    request = FeatureRequest.model_validate(
+        {"feature": {"id": "f", "title": "F"}, "defaults": {"agent": "claude"}}
+    )
+    bad = check_answer(request, '{"units": [{"id": "a", "agent": "nobody"}]}', 1)
+    assert not bad.accepted
+    assert bad.problems[0].startswith("units[0].agent (unit 'a'): unknown agent 'nobody'")
+    assert (
+        check_answer(request, "no json here", 2)
+        .problems[0]
+        .startswith("the answer holds no JSON plan")
+    )
+    assert "at least one unit" in check_answer(request, '{"units": []}', 3).problems[0]
+    good = check_answer(request, '{"units": [{"id": "a"}, {"id": "b", "depends_on": ["a"]}]}', 4)
+    assert good.accepted and [u.id for u in good.units] == ["a", "b"]

@@ -149,7 +149,9 @@ def test_a_run_shows_live_progress_a_unit_table_and_reports(tmp_path):
     # One version per run, updated in place, ending with every unit finished.
     (progress,) = artifacts(f"{feature}-progress")
     assert progress.type == "progress" and progress.data == 100.0
-    assert "3 of 3 units finished (1 succeeded, 1 failed, 1 blocked)" in progress.description
+    assert progress.description.endswith(
+        "3 of 3 units finished (1 succeeded, 1 failed, 1 blocked); the run failed."
+    )
     (table,) = artifacts(f"{feature}-units")
     rows = {row["unit"]: row for row in json.loads(table.data)}
     assert [rows[u]["status"] for u in ("slow", "broken", "after-broken")] == [

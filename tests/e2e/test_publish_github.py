@@ -6,11 +6,18 @@ import logging
 import subprocess
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    LogFilter,
+    LogFilterTimestamp,
+)
 from prefect.logging.handlers import APILogHandler
 
 from flotilla.cli import main
@@ -20,6 +27,7 @@ from tests.integration.fake_github import FakeGitHub, running
 
 TOKEN = f"ghp_e2e{uuid.uuid4().hex}"
 PR_URL = "https://github.example/acme/app/pull/1"
+PAGE = 200
 
 
 @pytest.fixture
@@ -78,13 +86,20 @@ def run(tmp_path: Path, request: Path, run_key: str) -> int:
     )
 
 
-def prefect_texts() -> str:
-    """Every log line and artifact the Prefect API holds, as one text to search."""
+def prefect_texts(since: datetime) -> str:
+    """Every log line since `since` and every artifact of the feature, as one text to search."""
     APILogHandler().flush()
+    texts: list[str] = []
+    since_filter = LogFilter(timestamp=LogFilterTimestamp(after_=since))
     with get_client(sync_client=True) as client:
-        logs = client.read_logs()
-        artifacts = client.read_artifacts()
-    return "\n".join([*(log.message for log in logs), *(str(a.data) for a in artifacts)])
+        while page := client.read_logs(since_filter, limit=PAGE, offset=len(texts)):
+            texts += [log.message for log in page]
+        feature = ArtifactFilter(key=ArtifactFilterKey(like_="gh-feature"))
+        offset = 0
+        while page := client.read_artifacts(artifact_filter=feature, limit=PAGE, offset=offset):
+            texts += [str(a.data) + str(a.description) for a in page]
+            offset += len(page)
+    return "\n".join(texts)
 
 
 def store_bytes(tmp_path: Path) -> bytes:
@@ -95,6 +110,7 @@ def test_opens_a_draft_pr_then_updates_it_on_the_next_run(
     tmp_path, remote, github, monkeypatch, capsys, caplog
 ):
     caplog.set_level(logging.DEBUG)
+    start = datetime.now(UTC)
     monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
     request = request_for(tmp_path, github, remote)
 
@@ -124,7 +140,7 @@ def test_opens_a_draft_pr_then_updates_it_on_the_next_run(
         "flotilla/gh-feature--models",
     ]
     assert PR_URL in (feature_dir / "report.md").read_text()  # the run report links the PR
-    assert f"{PR_URL} (opened on github)" in prefect_texts()  # the PR artifact in the UI
+    assert f"{PR_URL} (opened on github)" in prefect_texts(start)  # the PR artifact in the UI
 
     # The same feature again, this time with the token in a Prefect Secret block.
     monkeypatch.delenv("GITHUB_TOKEN")
@@ -143,7 +159,7 @@ def test_opens_a_draft_pr_then_updates_it_on_the_next_run(
 
     # The token is nowhere: not in the store, Prefect's logs and artifacts, or our output.
     assert TOKEN.encode() not in store_bytes(tmp_path)
-    texts = prefect_texts()
+    texts = prefect_texts(start)
     assert f"{PR_URL} (updated on github)" in texts and "Pull request updated" in texts
     assert TOKEN not in texts
     assert TOKEN not in caplog.text
@@ -152,6 +168,7 @@ def test_opens_a_draft_pr_then_updates_it_on_the_next_run(
 def test_a_rejected_token_fails_the_run_with_a_clear_message(
     tmp_path, remote, github, monkeypatch, capsys
 ):
+    start = datetime.now(UTC)
     monkeypatch.setenv("GITHUB_TOKEN", "ghp_not_the_right_one")
     request = request_for(tmp_path, github, remote, labels=[])
 
@@ -162,7 +179,7 @@ def test_a_rejected_token_fails_the_run_with_a_clear_message(
     assert "rejected the token" in shown and "acme/app" in shown and "GITHUB_TOKEN" in shown
     assert "ghp_not_the_right_one" not in shown
     assert b"ghp_not_the_right_one" not in store_bytes(tmp_path)
-    assert "ghp_not_the_right_one" not in prefect_texts()
+    assert "ghp_not_the_right_one" not in prefect_texts(start)
     assert github.pulls == {}
 
 

@@ -21,7 +21,7 @@ from tests.e2e.helpers import make_target, timeline_of
 LIMITS = {"light": 4, "standard": 3, "heavy": 2}
 COUNTS = {"light": 12, "standard": 10, "heavy": 8}
 
-AGENT = '''\
+AGENT = """\
 import os, sys, time
 from pathlib import Path
 
@@ -47,7 +47,7 @@ Path("units", unit + ".txt").write_text(unit + "\\n")
 Path(os.environ["FLOTILLA_SUMMARY_FILE"]).write_text(f"Wrote units/{unit}.txt.\\n")
 with timeline.open("a") as log:
     log.write(f"end {unit} {time.time():.6f}\\n")
-'''
+"""
 
 
 def peak_overlap(spans: list[tuple[float, float]]) -> int:

@@ -97,7 +97,7 @@ def test_status_json_carries_the_same_rows(store, capsys):
     assert code == 0 and data["state"] == "succeeded" and data["units_succeeded"] == 2
     assert [u["unit"] for u in data["units"]] == ["left", "right"]
     assert data["units"][0]["attempt"] == 1 and data["units"][0]["max_attempts"] == 3
-    assert data["eta_s"] == 0
+    assert data["eta_s"] is None  # the run is over
 
 
 def test_status_runs_and_artifacts_need_no_prefect_server(store, tmp_path, capsys):
@@ -164,7 +164,7 @@ def test_mistakes_get_sentences_that_say_what_to_do(store, capsys):
 
 
 def test_a_running_run_gets_etas_and_a_crashed_one_says_so(store, tmp_path, capsys):
-    """The ledger of a run caught mid-way: `left` done, `right` at work, its process gone."""
+    """The ledger of a run caught mid-way: `left` done, `right` at work."""
     copy = ArtifactStore(str(tmp_path / "copy"))
     source = ArtifactStore(str(store))
     for key in source.list():
@@ -174,29 +174,29 @@ def test_a_running_run_gets_etas_and_a_crashed_one_says_so(store, tmp_path, caps
     right.status, right.step, right.finished_at = UnitStatus.RUNNING, "agent (iteration 1)", None
     right.started_at = utcnow() - timedelta(seconds=1)
     runs.write_record(right)
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
-    )
-    summary = runs.store.read_model(runs.state_key, RunSummary).model_copy(
-        update={
-            "state": RunState.RUNNING,
-            "finished_at": None,
-            "host": socket.gethostname(),
-            "pid": int(dead.stdout),
-        }
-    )
-    runs.store.write_json(runs.state_key, summary)
     copy.write_json("stats/durations/standard.json", [600.0])  # units usually take ten minutes
 
+    def mark_running(pid: int) -> None:
+        summary = runs.store.read_model(runs.state_key, RunSummary)
+        update = {"state": RunState.RUNNING, "finished_at": None, "pid": pid}
+        runs.store.write_json(
+            runs.state_key, summary.model_copy(update={**update, "host": socket.gethostname()})
+        )
+
+    mark_running(os.getpid())  # a process that is alive
     code, out, _ = flotilla(capsys, "status", "done", "--store", copy.url)
-    assert code == 0
-    assert "State:   running (but its process" in out and "is gone" in out
+    assert code == 0 and "State:   running, started" in out
     assert "ETA:     ~9m 5" in out  # 600 s minus the second `right` has run
     row = next(line for line in out.splitlines() if line.startswith("right"))
     assert "running" in row and "agent (iteration 1)" in row and "~9m 5" in row
+    code, out, _ = flotilla(capsys, "runs", "--store", copy.url)
+    assert "running" in out and "1/2" in out  # counted from the ledger while running
 
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], stdout=-1)
+    mark_running(int(dead.stdout))
+    code, out, _ = flotilla(capsys, "status", "done", "--store", copy.url)
+    assert "State:   running (but its process" in out and "is gone" in out
+    assert "ETA:" not in out  # nothing is running it any more
     # --watch stops at once: nothing will update a run whose process is gone.
     code, out, _ = flotilla(capsys, "status", "done", "--store", copy.url, "--watch")
     assert code == 1 and out.count("Run done:") == 1
-    code, out, _ = flotilla(capsys, "runs", "--store", copy.url)
-    assert "1/2" in out and "is gone" in out

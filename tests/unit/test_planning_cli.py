@@ -84,7 +84,9 @@ def test_json_is_the_plan_with_its_conflicts(tmp_path, capsys):
     assert data["conflict_groups"] == [
         {
             "units": ["login", "views"],
-            "overlaps": [{"units": ["login", "views"], "globs": ["src/auth/*.py", "src/**/login.py"]}],
+            "overlaps": [
+                {"units": ["login", "views"], "globs": ["src/auth/*.py", "src/**/login.py"]}
+            ],
             "edges": [{"from": "login", "to": "views"}],
         }
     ]
@@ -149,7 +151,9 @@ def test_run_key_shows_the_plan_a_run_accepted(tmp_path, capsys):
         }
     )
     store = ArtifactStore(str(tmp_path / "store"))
-    store.write_json("runs/r1/plan.json", {"source": "llm", **Plan.from_request(accepted).to_json()})
+    store.write_json(
+        "runs/r1/plan.json", {"source": "llm", **Plan.from_request(accepted).to_json()}
+    )
 
     code, out, _ = plan(tmp_path, capsys, str(request), "--run-key", "r1")
     assert code == 0, out

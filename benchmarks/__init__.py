@@ -1,0 +1,1 @@
+"""Benchmarks: timings measured side by side in one run, written to `benchmarks/results/`."""

@@ -1,0 +1,244 @@
+"""Makespan against its lower bound, and the fixed cost of a unit.
+
+1. Orders (no git, no Prefect): seeded random DAGs of 200 units, sleep agents of 0.05-0.5 s,
+   three resource classes with limits. Makespan / lower bound for Flotilla's order and for a
+   level-by-level baseline, side by side: exactly (discrete-event simulation, 20 seeds) and in
+   real time with `sleep` processes (3 seeds). See `benchmarks/policies.py`.
+2. End to end: the first DAG through the real implement stage (worktrees, commits, the store,
+   Prefect tasks and tag limits) with `sleep` agents.
+3. Fixed cost: independent units with a no-op agent (`true`) through the implement stage at 50,
+   200 and 1000 units: wall ms/unit, CPU ms/unit, mean time per step, and a profile.
+
+The lower bound is `flotilla.plan.Plan.lower_bound`: max(critical path, Σ work per class / its
+limit, Σ work / max_concurrent). Results: benchmarks/results/makespan.json and the generated
+part of "Makespan and fixed cost" in docs/performance.md.
+Run: `make bench` or `.venv/bin/python -m benchmarks.makespan [--quick] [--no-write]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from statistics import mean
+
+from benchmarks import pipeline
+from benchmarks.policies import (
+    CLASSES,
+    MAX_CONCURRENT,
+    POLICIES,
+    plan_of,
+    random_units,
+    run_real,
+    simulate,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "makespan.json"
+DOC = ROOT / "docs" / "performance.md"
+HEADING = "## Makespan and fixed cost"
+BEGIN, END = "<!-- makespan:begin -->", "<!-- makespan:end -->"
+TARGET_RATIO, TARGET_MS = 1.10, 100.0
+
+
+def orders(seeds_exact: int, seeds_real: int) -> dict:
+    """Makespan / lower bound per policy: simulated for many seeds, real time for a few."""
+    exact: dict[str, list[float]] = {p: [] for p in (*POLICIES, "flotilla-no-estimates")}
+    real: dict[str, list[float]] = {p: [] for p in POLICIES}
+    bounds = []
+    for seed in range(seeds_exact):
+        units = random_units(seed)
+        plan = plan_of(units)
+        seconds = {u["id"]: u["estimate_s"] for u in units}
+        bound = plan.lower_bound().value
+        bounds.append(plan.lower_bound().to_json())
+        for policy in POLICIES:
+            exact[policy].append(simulate(plan, policy, seconds, plan) / bound)
+        blind = plan_of(units, estimates=False)
+        blind.max_concurrent = MAX_CONCURRENT
+        exact["flotilla-no-estimates"].append(simulate(plan, "flotilla", seconds, blind) / bound)
+        if seed < seeds_real:
+            for policy in POLICIES:
+                real[policy].append(run_real(plan, policy, seconds) / bound)
+                print(f"  seed {seed} {policy}: {real[policy][-1]:.3f} x bound", flush=True)
+    return {
+        "units": 200,
+        "limits": CLASSES,
+        "max_concurrent": MAX_CONCURRENT,
+        "lower_bounds": bounds[:seeds_real],
+        "simulated": {p: _stats(v) for p, v in exact.items()},
+        "real_time": {p: _stats(v) for p, v in real.items() if v},
+    }
+
+
+def _stats(values: list[float]) -> dict:
+    return {
+        "mean": round(mean(values), 3),
+        "max": round(max(values), 3),
+        "min": round(min(values), 3),
+        "n": len(values),
+    }
+
+
+def end_to_end(root: Path) -> dict:
+    """The first random DAG through the real implement stage, with `sleep` agents."""
+    units = random_units(0)
+    plan = plan_of(units)
+    spec_units = [{**u, "agent": {"command": f"sleep {u['estimate_s']:.3f}"}} for u in units]
+    ctx = pipeline.context_for(root, spec_units, CLASSES, MAX_CONCURRENT, "e2e")
+    run = pipeline.run_implement(ctx, MAX_CONCURRENT)
+    bound = plan.lower_bound().value
+    return {
+        "lower_bound_s": round(bound, 3),
+        "makespan_s": round(run["wall_s"], 3),
+        "ratio": round(run["wall_s"] / bound, 3),
+        "steps_ms": run["steps_ms"],
+    }
+
+
+def fixed_cost(root: Path, sizes: list[int], concurrency: int, profile_at: int | None) -> dict:
+    """No-op units: as built (every unit takes a slot of its class's tag limit), a profile,
+    then the same without any tag limit on the server, to show what the slots cost."""
+    out: dict = {"concurrency": concurrency, "runs": [], "without_tag_limits": []}
+    for size in sizes:
+        out["runs"].append(_noop_run(root, size, concurrency))
+    if profile_at:
+        run = _noop_run(root, profile_at, concurrency, profile=True)
+        out["profile"] = {
+            "units": profile_at,
+            "workers_top_cumulative": run.pop("profile_workers"),
+            "scheduler_top_cumulative": run.pop("profile_scheduler"),
+            "wall_ms_per_unit": run["wall_ms_per_unit"],
+        }
+    pipeline.drop_limits(["standard"])
+    for size in [s for s in sizes if s <= 200]:
+        out["without_tag_limits"].append(_noop_run(root, size, concurrency, limits=False))
+    return out
+
+
+def _noop_run(
+    root: Path, size: int, concurrency: int, profile: bool = False, limits: bool = True
+) -> dict:
+    units = [{"id": f"n{i:04d}", "agent": {"command": "true"}} for i in range(size)]
+    key = f"noop-{size}" + ("-profile" if profile else "") + ("" if limits else "-untagged")
+    ctx = pipeline.context_for(root / key, units, {"standard": 10_000}, concurrency, key)
+    run = pipeline.run_implement(ctx, concurrency, profile=profile, limits=limits)
+    row = {
+        "units": size,
+        "wall_ms_per_unit": round(1000 * run["wall_s"] / size, 1),
+        "cpu_ms_per_unit": {k: round(1000 * v / size, 1) for k, v in run["cpu_s"].items()},
+        "steps_ms": run["steps_ms"],
+        **{k: v for k, v in run.items() if k.startswith("profile_")},
+    }
+    print(f"  {key}: {row['wall_ms_per_unit']} ms/unit wall", flush=True)
+    return row
+
+
+def section(result: dict) -> str:
+    o, e, f = result["orders"], result.get("end_to_end"), result.get("fixed_cost")
+    sim, real = o["simulated"], o["real_time"]
+    rows = [
+        f"| {p} | {sim[p]['mean']:.3f} (max {sim[p]['max']:.3f}) | "
+        + (f"{real[p]['mean']:.3f} (max {real[p]['max']:.3f})" if p in real else "-")
+        + " |"
+        for p in sim
+    ]
+    text = [
+        BEGIN,
+        f"Measured {result['when']} on {result['machine']}; raw numbers in "
+        "`benchmarks/results/makespan.json`.",
+        "",
+        f"Makespan / lower bound, 200-unit random DAGs, limits {o['limits']}, "
+        f"max_concurrent {o['max_concurrent']} (simulated: {sim['levels']['n']} seeds; "
+        f"real time with `sleep` processes: {next(iter(real.values()))['n'] if real else 0} seeds):",
+        "",
+        "| Order | Simulated | Real time |",
+        "|---|---|---|",
+        *rows,
+    ]
+    if e:
+        text += [
+            "",
+            f"End to end (seed 0 through the implement stage, `sleep` agents): makespan "
+            f"{e['makespan_s']:.1f} s against a lower bound of {e['lower_bound_s']:.2f} s = "
+            f"**{e['ratio']:.2f}×**.",
+        ]
+    if f:
+        text += [
+            "",
+            f"Fixed cost per unit, no-op agent, {f['concurrency']} units at once:",
+            "",
+            "| Units | Wall ms/unit | CPU ms/unit (Flotilla process + git/agents + Prefect "
+            "server) |",
+            "|---|---|---|",
+        ]
+        for row in f["runs"]:
+            cpu = row["cpu_ms_per_unit"]
+            total = sum(cpu.values())
+            text.append(
+                f"| {row['units']} | {row['wall_ms_per_unit']:.0f} | {total:.0f} "
+                f"({cpu['flotilla_process']:.0f} + {cpu['child_processes']:.0f} + "
+                f"{cpu['prefect_server']:.0f}) |"
+            )
+        at = {r["units"]: r for r in f["runs"]}.get(200)
+        if at:
+            steps = ", ".join(f"{k} {v:.0f}" for k, v in at["steps_ms"].items())
+            text += ["", f"Mean ms per unit at 200 units, by step: {steps}."]
+    text.append(END)
+    return "\n".join(text) + "\n"
+
+
+def write_doc(generated: str) -> None:
+    """Replace the generated block of this section; keep the prose and other sections."""
+    current = DOC.read_text() if DOC.exists() else "# Performance\n"
+    if BEGIN in current and END in current:
+        start, end = current.index(BEGIN), current.index(END) + len(END) + 1
+        updated = current[:start] + generated + current[end:]
+    elif HEADING in current:
+        at = current.index(HEADING) + len(HEADING) + 1
+        updated = current[:at] + "\n" + generated + current[at:]
+    else:
+        updated = current.rstrip("\n") + f"\n\n{HEADING}\n\n{generated}"
+    DOC.write_text(updated)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer seeds; no 1000-unit run")
+    parser.add_argument("--no-pipeline", action="store_true", help="orders only (no Prefect)")
+    parser.add_argument("--no-write", action="store_true", help="print only; write no files")
+    args = parser.parse_args(argv)
+    result: dict = {
+        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}",
+    }
+    print("Orders (makespan / lower bound):", flush=True)
+    result["orders"] = orders(5 if args.quick else 20, 1 if args.quick else 3)
+    if not args.no_pipeline:
+        with (
+            tempfile.TemporaryDirectory(prefix="flotilla-bench-") as tmp,
+            pipeline.prefect_server(),
+        ):
+            print("End to end:", flush=True)
+            result["end_to_end"] = end_to_end(Path(tmp) / "e2e")
+            print("Fixed cost:", flush=True)
+            sizes = [50, 200] if args.quick else [50, 200, 1000]
+            result["fixed_cost"] = fixed_cost(Path(tmp) / "noop", sizes, 8, 200)
+    result["targets"] = {"ratio": TARGET_RATIO, "ms_per_unit_at_200": TARGET_MS}
+    print(json.dumps(result, indent=2))
+    if not args.no_write:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+        write_doc(section(result))
+        print(f"Wrote {RESULTS.relative_to(ROOT)} and docs/performance.md.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
