@@ -68,6 +68,9 @@ class Plan:
     conflict_groups: list[ConflictGroup] = field(default_factory=list)
     max_concurrent: int | None = None
     unknown_touches: str = "trust"
+    _order: tuple[tuple[int, int, int], list[str]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def from_request(
@@ -123,9 +126,16 @@ class Plan:
         return list(self.units).index(unit_id)
 
     def order(self) -> list[str]:
-        """Topological order; ties keep the request's order, so runs are deterministic."""
-        position = {u: i for i, u in enumerate(self.units)}
-        return list(nx.lexicographical_topological_sort(self.graph, key=position.__getitem__))
+        """Topological order; ties keep the request's order, so runs are deterministic.
+
+        Cached until the graph changes size (units and edges are only ever added), because the
+        scheduler asks for it once per unit it starts."""
+        shape = (len(self.units), self.graph.number_of_nodes(), self.graph.number_of_edges())
+        if self._order is None or self._order[0] != shape:
+            position = {u: i for i, u in enumerate(self.units)}
+            found = nx.lexicographical_topological_sort(self.graph, key=position.__getitem__)
+            self._order = (shape, list(found))
+        return list(self._order[1])
 
     def levels(self) -> list[list[str]]:
         position = {u: i for i, u in enumerate(self.units)}

@@ -156,8 +156,11 @@ def report_outcome(state, store_url: str, run_key: str, repo: str) -> int:
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
+    import socket
+
     from tasks.control import request_pause
     from tasks.lifecycle import load_context, read_summary
+    from tasks.recovery import process_alive
 
     ctx = load_context(args.run_key, args.store)
     runs = _runs(ctx.store_url, ctx.run_key)
@@ -166,6 +169,14 @@ def cmd_pause(args: argparse.Namespace) -> int:
         state = summary.state.value if summary else "not started"
         print(
             f"Run {ctx.run_key} is not running (state: {state}); there is nothing to pause.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    if summary.host == socket.gethostname() and not process_alive(summary.pid):
+        print(
+            f"Run {ctx.run_key} is marked running, but its orchestrator (pid {summary.pid}) is "
+            f"gone: it crashed. Carry it on with: flotilla resume {ctx.run_key} --store "
+            f"{ctx.store_url}",
             file=sys.stderr,
         )
         return EXIT_FAILED
