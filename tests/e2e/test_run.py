@@ -61,8 +61,8 @@ def test_independent_units_overlap_and_dependents_wait(tmp_path, capsys, no_git_
     request = write_request(
         tmp_path,
         [
-            {"id": "left", "env": {"SLEEP_S": "1.5"}, "outputs": ["left.json"]},
-            {"id": "right", "env": {"SLEEP_S": "1.5"}},
+            {"id": "left", "env": {"WAIT_FOR": "right"}, "outputs": ["left.json"]},
+            {"id": "right", "env": {"WAIT_FOR": "left"}},
             {"id": "join", "depends_on": ["right"], "inputs": ["left/left.json"]},
         ],
         timeline=timeline,
