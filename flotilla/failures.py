@@ -84,10 +84,11 @@ def render_failure_report(
             f"## {record.unit_id}: {failure_name(record)}",
             "",
             f"- Attempts: {record.attempts} (iterations in the last one: {record.iterations})",
-            f"- Last step: {record.step or 'unknown'}",
-            f"- Error: {(record.error.strip().splitlines() or ['(none)'])[0]}",
+            f"- Error: {_one_line(record.error)}",
             f"- Full log: {record.log_path or '(no log was written)'}",
         ]
+        if record.step and record.step not in ("failed", "done"):
+            lines.append(f"- Last step: {record.step}")
         if record.tests is not None:
             lines.append(f"- Tests: `{record.tests.command}` {record.tests.one_line()}")
         agent_tail = tails.agent.strip()
@@ -105,3 +106,13 @@ def render_failure_report(
     if resume_hint:
         lines += ["", "## What now", "", resume_hint]
     return "\n".join(lines) + "\n"
+
+
+def _one_line(error: str) -> str:
+    """The error's first line; when that only introduces what follows, its last line too."""
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
+    if not lines:
+        return "(none)"
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[-1]}"
+    return lines[0]
