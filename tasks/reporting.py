@@ -73,8 +73,9 @@ def publish_pr_artifact(feature_id: str, markdown: str, description: str) -> Non
 class RunReport:
     """One run's live progress and unit table, held by the process running the implement stage.
 
-    Unit threads report step changes (`note`); the implement loop merges finished records and
-    ticks (`merge`). Updates go to the same two artifacts, in place, at most once per TICK_S.
+    Unit threads report step changes (`note`), which only records them: a unit never waits for
+    the Prefect API. The implement loop merges finished records and sends the changes on every
+    tick (`merge`), to the same two artifacts, in place, at most once per TICK_S.
     """
 
     def __init__(self, ctx: RunContext, plan: Plan, typical: dict[str, float]):
@@ -85,7 +86,8 @@ class RunReport:
         self.records: dict[str, UnitRecord] = {}
         self.outcome: str | None = None  # set when the run is over: no more ETAs
         self.progress_id = self.table_id = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards records and timestamps, never held over I/O
+        self._sending = threading.Lock()  # one sender at a time, so updates arrive in order
         self._dirty = True
         self._last = self._paused_until = 0.0
 
@@ -107,7 +109,6 @@ class RunReport:
         """A unit's ledger record changed (called from its thread at every step)."""
         with self._lock:
             self._take(record)
-        self.flush()
 
     def merge(self, records: list[UnitRecord]) -> None:
         """The implement loop's view: final records win; a unit that newly finished is shown now."""
@@ -129,20 +130,21 @@ class RunReport:
 
     def flush(self, force: bool = False) -> None:
         """Push the table and progress if they changed (at most once per TICK_S) or went stale."""
-        with self._lock:
-            now = time.monotonic()
-            if now < self._paused_until and not force:
-                return
-            running = any(r.status == UnitStatus.RUNNING for r in self.records.values())
-            due = (
-                force
-                or (self._dirty and now - self._last >= TICK_S)
-                or (running and now - self._last >= HEARTBEAT_S)
-            )
-            if not due:
-                return
-            self._dirty, self._last = False, now
-            progress, description, rows = self._render()
+        with self._sending:
+            with self._lock:
+                now = time.monotonic()
+                if now < self._paused_until and not force:
+                    return
+                running = any(r.status == UnitStatus.RUNNING for r in self.records.values())
+                due = (
+                    force
+                    or (self._dirty and now - self._last >= TICK_S)
+                    or (running and now - self._last >= HEARTBEAT_S)
+                )
+                if not due:
+                    return
+                self._dirty, self._last = False, now
+                progress, description, rows = self._render()
             self._send(progress, description, rows)
 
     def _render(self) -> tuple[float, str, list[dict[str, str]]]:
@@ -214,7 +216,8 @@ def report_for(run_key: str | None = None, feature_id: str | None = None) -> Run
 
 
 def note_unit(run_key: str, record: UnitRecord) -> None:
-    """A unit's record changed; refresh the live table (no-op if this process has no report)."""
+    """A unit's record changed; the live table shows it at the next tick (no-op if this process
+    has no report for the run)."""
     report = report_for(run_key)
     if report is not None:
         report.note(record)

@@ -92,10 +92,11 @@ def cmd_retry(args: argparse.Namespace) -> int:
     done = [u for u in known if u in ledger and ledger[u].status == UnitStatus.SUCCEEDED]
     print(
         f"Retrying run {ctx.run_key}: running {', '.join(again) or 'no failed unit'} again"
-        f"{plan_note}; reusing {len(set(done) - set(args.unit))} succeeded unit(s).",
+        f"{plan_note}; reusing {len(set(done) - set(args.unit))} succeeded unit(s)  "
+        f"(store: {ctx.store_url})",
         flush=True,
     )
-    return _carry_on(ctx.run_key, ctx.store_url, args.unit, False, "Retrying")
+    return _carry_on(ctx.run_key, ctx.store_url, args.unit, False, "")
 
 
 def _carry_on(run_key: str, store: str | None, rerun: list[str], force: bool, verb: str) -> int:
@@ -111,7 +112,8 @@ def _carry_on(run_key: str, store: str | None, rerun: list[str], force: bool, ve
             print(f"Run {run_key} already succeeded; there is nothing to resume.")
             return EXIT_OK
         check_not_running(summary, force)  # refuse while its orchestrator is alive
-    print(f"{verb} run {run_key}  (store: {ctx.store_url})", flush=True)
+    if verb:
+        print(f"{verb} run {run_key}  (store: {ctx.store_url})", flush=True)
     state = feature(
         run_key=run_key,
         store=ctx.store_url,
