@@ -188,11 +188,14 @@ def _message(model: type[BaseModel], err: dict, loc: Loc) -> str:
 
 def _allowed_fields(model: type[BaseModel], loc: Loc) -> list[str]:
     current: Any = model
+    skip_key = False  # the part after a dict-valued field is a key the user chose, not a field
     for part in loc:
-        if isinstance(part, int) or current is None:
+        if isinstance(part, int) or skip_key or current is None:
+            skip_key = False
             continue
         field = current.model_fields.get(part) if _is_model(current) else None
         current = _model_in(field.annotation) if field else None
+        skip_key = field is not None and typing.get_origin(field.annotation) is dict
     return list(current.model_fields) if _is_model(current) else []
 
 

@@ -216,3 +216,18 @@ def test_a_bad_request_changes_nothing(tmp_path, capsys):
     assert "a unit cannot depend on itself" in out
     assert not store.exists() and not workdir.exists()
     assert subprocess.run([*git, "for-each-ref"], capture_output=True, text=True).stdout == before
+
+
+def test_unknown_field_inside_a_named_agent_lists_the_allowed_ones(tmp_path, capsys):
+    path = write(
+        tmp_path,
+        """\
+        feature: {id: f, title: F}
+        agents:
+          mine: {command: x, nope: 1}
+        units: [{id: a, agent: mine}]
+        """,
+    )
+    assert_rejected(
+        path, capsys, f"{path}:3: agents.mine.nope: unknown field 'nope'; allowed: preset, command"
+    )
