@@ -101,6 +101,7 @@ def end_to_end(root: Path, limits: bool = True) -> dict:
         "makespan_s": round(run["wall_s"], 3),
         "ratio": round(run["wall_s"] / bound, 3),
         "steps_ms": run["steps_ms"],
+        "failed_units": run["failed"],
     }
 
 
@@ -136,6 +137,7 @@ def _noop_run(
         "wall_ms_per_unit": round(1000 * run["wall_s"] / size, 1),
         "cpu_ms_per_unit": {k: round(1000 * v / size, 1) for k, v in run["cpu_s"].items()},
         "steps_ms": run["steps_ms"],
+        "failed_units": run["failed"],
         **{k: v for k, v in run.items() if k.startswith("profile_")},
     }
     print(f"  {key}: {row['wall_ms_per_unit']} ms/unit wall", flush=True)
@@ -168,9 +170,10 @@ def section(result: dict) -> str:
         text += ["", "End to end: seed 0 through the implement stage with `sleep` agents:", ""]
         for e in f["end_to_end"]:
             how = "as built (tag limits)" if e["tag_limits"] else "without tag limits"
+            failed = f" ({len(e['failed_units'])} unit(s) failed)" if e["failed_units"] else ""
             text.append(
                 f"- {how}: makespan {e['makespan_s']:.1f} s against a lower bound of "
-                f"{e['lower_bound_s']:.2f} s = **{e['ratio']:.2f}×**"
+                f"{e['lower_bound_s']:.2f} s = **{e['ratio']:.2f}×**{failed}"
             )
         text += [
             "",

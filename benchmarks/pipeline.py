@@ -114,18 +114,19 @@ def run_implement(ctx, max_concurrent: int, profile: bool = False, limits: bool 
         threading.setprofile(None)
     cpu_after, server_after = _cpu(), _proc_cpu(server)
     result = state.result()
-    failed = [u for u, r in result.records.items() if r.status != UnitStatus.SUCCEEDED]
-    if failed:
-        raise RuntimeError(f"{len(failed)} unit(s) did not succeed: {failed[:5]}")
+    failed = {
+        u: r.error[:300] for u, r in result.records.items() if r.status != UnitStatus.SUCCEEDED
+    }
     out = {
         "units": len(units),
+        "failed": failed,
         "wall_s": wall,
         "cpu_s": {
             "flotilla_process": cpu_after[0] - cpu_before[0],
             "child_processes": cpu_after[1] - cpu_before[1],
             "prefect_server": server_after - server_before,
         },
-        "steps_ms": _step_times(state.state_details.flow_run_id, len(units)),
+        "steps_ms": _step_times(state.state_details.flow_run_id, len(units) - len(failed)),
     }
     if profile:
         out["profile_workers"] = _summarise(profiles)
