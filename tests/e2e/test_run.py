@@ -95,7 +95,7 @@ def test_a_failed_unit_blocks_only_its_dependents(tmp_path, capsys, no_git_ident
     request = write_request(
         tmp_path,
         [
-            {"id": "broken", "env": {"EXIT_CODE": "3"}},
+            {"id": "broken", "env": {"EXIT_CODE": "3"}, "retry_policy": {"max_attempts": 1}},
             {"id": "after-broken", "depends_on": ["broken"]},
             {"id": "independent"},
         ],
