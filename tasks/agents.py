@@ -13,6 +13,7 @@ import os
 import shlex
 import shutil
 import string
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -289,3 +290,56 @@ def _read_from(path: Path, offset: int, limit: int = 64_000) -> str:
             return f.read().decode(errors="replace")
     except OSError:
         return ""
+
+
+class AgentGaveUp(AgentError):
+    """The agent did not finish its job: it failed, timed out, or stayed rate-limited too long.
+
+    `failure` is the failure class a retry policy matches against (`agent_failed`, `timed_out`,
+    `rate_limited`, or `error` when it could not even start).
+    """
+
+    def __init__(self, failure: str, message: str):
+        super().__init__(message)
+        self.failure = failure
+
+
+def run_agent_until_done(
+    agent: AgentSpec,
+    inv: AgentInvocation,
+    *,
+    on_wait: Callable[[float], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> AgentOutcome:
+    """Run the agent; wait out rate limits (they cost no attempt); raise AgentGaveUp otherwise.
+
+    `on_wait(seconds)` is told before every wait, so callers can show it (e.g. in the ledger).
+    """
+    settings = get_settings()
+    waited = 0.0
+    while True:
+        try:
+            outcome = run_agent(agent, inv)
+        except AgentError as exc:
+            raise AgentGaveUp("error", str(exc)) from None
+        if outcome.ok:
+            return outcome
+        if outcome.rate_limited:
+            wait = min(
+                outcome.retry_after_s or settings.rate_limit_default_wait_s,
+                settings.rate_limit_max_wait_s,
+            )
+            if waited + wait > settings.rate_limit_total_wait_s:
+                raise AgentGaveUp(
+                    "rate_limited",
+                    f"agent was rate-limited for more than {settings.rate_limit_total_wait_s:.0f}s",
+                )
+            if on_wait:
+                on_wait(wait)
+            sleep(wait)
+            waited += wait
+            continue
+        if outcome.timed_out:
+            raise AgentGaveUp("timed_out", f"agent timed out after {inv.timeout_s:g} s")
+        tail = "\n".join(outcome.output_tail.splitlines()[-5:])
+        raise AgentGaveUp("agent_failed", f"agent exited with code {outcome.exit_code}:\n{tail}")

@@ -18,13 +18,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from flotilla.errors import AgentError
 from flotilla.plan import UnitSettings
 from flotilla.results import FailureClass, ReworkNote, TestReport, UnitRecord, UnitStatus, utcnow
 from flotilla.runs import RunContext
-from flotilla.settings import get_settings
 from flotilla.spec import UnitSpec
-from tasks.agents import AgentInvocation, run_agent
+from tasks.agents import AgentGaveUp, AgentInvocation, run_agent_until_done
 from tasks.checks import run_tests
 from tasks.merging import ConflictInfo, commit_tree, run_git, tree_of
 from tasks.store import RunStore
@@ -218,36 +216,10 @@ def _publish_outputs(job: ReworkJob, runs: RunStore, outputs: Path) -> None:
 
 def _run_agent(job: ReworkJob, invocation: AgentInvocation) -> None:
     """One agent run; a rate limit is waited out without spending the attempt."""
-    settings = get_settings()
-    waited = 0.0
-    while True:
-        try:
-            outcome = run_agent(job.settings.agent, invocation)
-        except AgentError as exc:
-            raise _AttemptFailed(FailureClass.ERROR, str(exc)) from None
-        if outcome.ok:
-            return
-        if outcome.rate_limited:
-            wait = min(
-                outcome.retry_after_s or settings.rate_limit_default_wait_s,
-                settings.rate_limit_max_wait_s,
-            )
-            if waited + wait > settings.rate_limit_total_wait_s:
-                raise _AttemptFailed(
-                    FailureClass.RATE_LIMITED,
-                    f"agent was rate-limited for more than {settings.rate_limit_total_wait_s:.0f}s",
-                )
-            time.sleep(wait)
-            waited += wait
-            continue
-        if outcome.timed_out:
-            raise _AttemptFailed(
-                FailureClass.TIMED_OUT, f"agent timed out after {invocation.timeout_s:g} s"
-            )
-        tail = "\n".join(outcome.output_tail.splitlines()[-5:])
-        raise _AttemptFailed(
-            FailureClass.AGENT_FAILED, f"agent exited with code {outcome.exit_code}:\n{tail}"
-        )
+    try:
+        run_agent_until_done(job.settings.agent, invocation)
+    except AgentGaveUp as gave_up:
+        raise _AttemptFailed(FailureClass(gave_up.failure), str(gave_up)) from None
 
 
 def _check(

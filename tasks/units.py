@@ -16,13 +16,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from flotilla.errors import AgentError
 from flotilla.plan import UnitSettings
 from flotilla.results import FailureClass, TestReport, UnitRecord, UnitStatus, utcnow
 from flotilla.runs import RunContext
-from flotilla.settings import get_settings
 from flotilla.spec import UnitSpec
-from tasks.agents import AgentInvocation, AgentOutcome, run_agent
+from tasks.agents import AgentGaveUp, AgentInvocation, AgentOutcome, run_agent_until_done
 from tasks.checks import run_tests
 from tasks.control import proposals_key
 from tasks.reporting import note_unit, publish_unit_report
@@ -263,38 +261,15 @@ def step_inputs(runner: UnitRunner, inputs_dir: Path) -> None:
 
 @task(persist_result=False, cache_policy=NO_CACHE)
 def step_agent(runner: UnitRunner, invocation: AgentInvocation) -> AgentOutcome:
-    settings = get_settings()
-    waited = 0.0
-    while True:
-        runner.save(step=f"agent (iteration {invocation.iteration})")
-        try:
-            outcome = run_agent(runner.job.settings.agent, invocation)
-        except AgentError as exc:
-            raise AttemptFailed(FailureClass.ERROR, str(exc)) from None
-        if outcome.ok:
-            return outcome
-        if outcome.rate_limited:
-            wait = min(
-                outcome.retry_after_s or settings.rate_limit_default_wait_s,
-                settings.rate_limit_max_wait_s,
-            )
-            if waited + wait > settings.rate_limit_total_wait_s:
-                raise AttemptFailed(
-                    FailureClass.RATE_LIMITED,
-                    f"agent was rate-limited for more than {settings.rate_limit_total_wait_s:.0f}s",
-                )
-            runner.save(step=f"rate-limited, waiting {wait:.0f}s (no attempt spent)")
-            time.sleep(wait)
-            waited += wait
-            continue
-        if outcome.timed_out:
-            raise AttemptFailed(
-                FailureClass.TIMED_OUT, f"agent timed out after {invocation.timeout_s:g} s"
-            )
-        tail = "\n".join(outcome.output_tail.splitlines()[-5:])
-        raise AttemptFailed(
-            FailureClass.AGENT_FAILED, f"agent exited with code {outcome.exit_code}:\n{tail}"
-        )
+    runner.save(step=f"agent (iteration {invocation.iteration})")
+
+    def waiting(seconds: float) -> None:
+        runner.save(step=f"rate-limited, waiting {seconds:.0f}s (no attempt spent)")
+
+    try:
+        return run_agent_until_done(runner.job.settings.agent, invocation, on_wait=waiting)
+    except AgentGaveUp as gave_up:
+        raise AttemptFailed(FailureClass(gave_up.failure), str(gave_up)) from None
 
 
 @task(persist_result=False, cache_policy=NO_CACHE)
