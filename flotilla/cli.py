@@ -1,4 +1,4 @@
-"""The `flotilla` command: parses arguments, dispatches to `flotilla.commands`, prints errors.
+"""The `flotilla` command: parses arguments, dispatches to `commands`, prints errors.
 
 Errors Flotilla raises on purpose are printed as sentences, never as tracebacks.
 """
@@ -9,8 +9,8 @@ import argparse
 import os
 import sys
 
-from flotilla.commands import MODULES
-from flotilla.commands.common import EXIT_BAD_INPUT
+from commands import MODULES
+from commands.common import EXIT_BAD_INPUT
 from flotilla.errors import FlotillaError, SpecError
 
 

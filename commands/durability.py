@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flotilla.commands.common import EXIT_FAILED, EXIT_OK, EXIT_PAUSED, command
+from commands.common import EXIT_FAILED, EXIT_OK, EXIT_PAUSED, command
 from flotilla.results import FeatureStatus, RunState, UnitStatus
 
 
@@ -127,7 +127,7 @@ def _carry_on(run_key: str, store: str | None, rerun: list[str], force: bool, ve
 
 def report_outcome(state, store_url: str, run_key: str, repo: str) -> int:
     """Print how a run ended (summary, failure report or pause note); return the exit code."""
-    from flotilla.commands.run import _read_result, print_summary
+    from commands.run import _read_result, print_summary
     from tasks.lifecycle import failures_key
 
     result = _read_result(store_url, run_key)

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from flotilla.commands.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_PAUSED, command
+from commands.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_PAUSED, command
 from flotilla.errors import FlotillaError, RunError
 from flotilla.eta import RunEta, UnitRow, estimate, format_duration, run_eta_text, unit_rows
 from flotilla.plan import Plan

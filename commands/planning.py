@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from flotilla.commands.common import EXIT_FAILED, EXIT_OK, command
+from commands.common import EXIT_FAILED, EXIT_OK, command
 from flotilla.errors import RunError
 from flotilla.plan import Plan
 from flotilla.spec import UnitSpec, WorkflowSpec

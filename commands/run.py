@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from flotilla.commands.common import EXIT_OK, command
+from commands.common import EXIT_OK, command
 from flotilla.results import FeatureResult
 
 
@@ -58,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         workdir=os.path.dirname(ctx.workdir),
         return_state=True,
     )
-    from flotilla.commands.durability import report_outcome
+    from commands.durability import report_outcome
 
     return report_outcome(state, ctx.store_url, ctx.run_key, ctx.repo)
 
