@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flotilla.errors import AgentError, FlotillaError, Problem, SpecError
+from flotilla.errors import FlotillaError, Problem, SpecError
 from flotilla.loading import parse_request_text
 from flotilla.plan import Plan
 from flotilla.runs import RunContext
-from flotilla.settings import get_settings
 from flotilla.spec import AgentSpec, FeatureRequest, UnitSpec
-from tasks.agents import AgentInvocation, run_agent
+from tasks.agents import AgentGaveUp, AgentInvocation, run_agent_until_done
 from tasks.merging import git_out
 from tasks.workspace import Workspace
 
@@ -187,36 +185,19 @@ def ask(
         attempt=round_,
         extra_env={**workspace.env, "FLOTILLA_PLAN_FILE": str(plan_file)},
     )
-    settings, waited = get_settings(), 0.0
-    while True:
-        start = log_file.stat().st_size if log_file.exists() else 0
-        try:
-            outcome = run_agent(agent, invocation)
-        except AgentError as exc:
-            raise DecomposeFailed(f"The decomposer agent {name!r} could not start: {exc}") from exc
-        if outcome.rate_limited:
-            wait = min(
-                outcome.retry_after_s or settings.rate_limit_default_wait_s,
-                settings.rate_limit_max_wait_s,
-            )
-            if waited + wait > settings.rate_limit_total_wait_s:
-                raise DecomposeFailed(
-                    f"The decomposer agent {name!r} was rate-limited for more than "
-                    f"{settings.rate_limit_total_wait_s:.0f}s; try again later."
-                )
-            time.sleep(wait)
-            waited += wait
-            continue
-        break
+    start = log_file.stat().st_size if log_file.exists() else 0
+    try:
+        run_agent_until_done(agent, invocation)  # rate limits are waited out, not counted
+        failure = ""
+    except AgentGaveUp as exc:
+        if exc.failure in ("error", "rate_limited"):
+            raise DecomposeFailed(f"The decomposer agent {name!r} gave up: {exc}") from exc
+        failure = f"({exc.args[0].splitlines()[0]})\n"  # timed out or failed: a rejected round
     if plan_file.is_file() and plan_file.read_text().strip():
         return plan_file.read_text()
     output = log_file.read_bytes()[start:].decode(errors="replace")
     text = "\n".join(line for line in output.splitlines() if not line.startswith("--- flotilla:"))
-    if outcome.timed_out:
-        return f"(the agent timed out after {invocation.timeout_s:g} s)\n{text}"
-    if outcome.exit_code != 0:
-        return f"(the agent exited with code {outcome.exit_code})\n{text}"
-    return text
+    return failure + text
 
 
 def check_answer(request: FeatureRequest, text: str, round_: int) -> Answer:
