@@ -20,7 +20,7 @@ def ready_units(plan: Plan, status: Mapping[str, UnitStatus], started: Iterable[
         for u in plan.units
         if u not in started
         and status.get(u, UnitStatus.PENDING) == UnitStatus.PENDING
-        and all(status.get(d) == UnitStatus.SUCCEEDED for d in plan.graph.predecessors(u))
+        and all(_cleared(plan, d, u, status) for d in plan.graph.predecessors(u))
     ]
 
 
@@ -39,6 +39,8 @@ def blocked_by_failures(plan: Plan, status: Mapping[str, UnitStatus]) -> dict[st
             continue
         roots: list[str] = []
         for dep in plan.graph.predecessors(unit):
+            if _only_conflict(plan, dep, unit):
+                continue  # a file conflict orders two units; it does not make one need the other
             dep_status = status.get(dep)
             if dep_status == UnitStatus.FAILED:
                 roots.append(dep)
@@ -49,3 +51,15 @@ def blocked_by_failures(plan: Plan, status: Mapping[str, UnitStatus]) -> dict[st
         if roots:
             blocked[unit] = sorted(set(roots))
     return blocked
+
+
+def _only_conflict(plan: Plan, before: str, after: str) -> bool:
+    return plan.graph.edges[before, after].get("reasons", set()) == {"conflict"}
+
+
+def _cleared(plan: Plan, dep: str, unit: str, status: Mapping[str, UnitStatus]) -> bool:
+    """A real dependency must have succeeded; a conflict-only one must merely be over."""
+    dep_status = status.get(dep, UnitStatus.PENDING)
+    if _only_conflict(plan, dep, unit):
+        return dep_status.is_final
+    return dep_status == UnitStatus.SUCCEEDED

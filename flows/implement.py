@@ -161,7 +161,12 @@ class UnitLoop:
         return reused
 
     def job_for(self, unit_id: str) -> UnitJob:
-        deps = self.plan.ancestors(unit_id)
+        # conflict-only predecessors count only when they succeeded (a failed one has no work)
+        deps = [
+            d
+            for d in self.plan.ancestors(unit_id)
+            if (rec := self.records.get(d)) is not None and rec.status == UnitStatus.SUCCEEDED
+        ]
         dep_commits = {d: self.records[d].commit for d in deps}
         settings = self.plan.settings[unit_id]
         unit = self.plan.units[unit_id]

@@ -131,3 +131,34 @@ def test_a_plan_with_added_units_keeps_them_after_their_proposer():
     plan = Plan.from_request(base.model_copy(update={"units": [*base.units, *added.specs()]}))
     assert plan.ancestors("c") == ["a"]
     assert ready_units(plan, {"a": S, "b": R}, ["b"]) == ["c"]
+
+
+def test_a_failed_unit_does_not_block_a_unit_that_only_conflicts_with_it():
+    from flotilla.plan import Plan
+    from flotilla.results import UnitStatus
+    from flotilla.scheduling import blocked_by_failures, ready_units
+    from flotilla.spec import FeatureRequest
+
+    request = FeatureRequest.model_validate(
+        {
+            "feature": {"id": "f", "title": "F"},
+            "defaults": {"agent": "claude"},
+            "units": [
+                {"id": "first", "touches": ["app.py"], "priority": 1},
+                {"id": "second", "touches": ["app.py"]},
+                {"id": "needs-first", "depends_on": ["first"]},
+            ],
+        }
+    )
+    plan = Plan.from_request(request)
+    assert plan.graph.edges["first", "second"]["reasons"] == {"conflict"}
+    status = {
+        "first": UnitStatus.FAILED,
+        "second": UnitStatus.PENDING,
+        "needs-first": UnitStatus.PENDING,
+    }
+
+    assert blocked_by_failures(plan, status) == {"needs-first": ["first"]}
+    assert ready_units(plan, status, started=[]) == ["second"]
+    # while the conflicting unit still runs, the other one waits
+    assert ready_units(plan, {**status, "first": UnitStatus.RUNNING}, started=["first"]) == []
