@@ -26,7 +26,7 @@ from tasks.agents import AgentGaveUp, AgentInvocation, run_agent_until_done
 from tasks.checks import run_tests
 from tasks.merging import ConflictInfo, commit_tree, run_git, tree_of
 from tasks.store import RunStore
-from tasks.units import feedback, run_store_for, workspace_for
+from tasks.units import feedback, run_store_for, unit_prompt, workspace_for
 from tasks.workspace import Workspace
 
 REWORK_TRAILER = "Flotilla-Rework"
@@ -239,25 +239,6 @@ def _check(
         if not gate.ok:
             return unit_tests, gate
     return unit_tests, None
-
-
-def unit_prompt(ctx: RunContext, unit: UnitSpec) -> str:
-    """The unit's original task, as the implement stage phrased it."""
-    feature = ctx.request.feature
-    lines = [f"# {unit.display_title}", "", unit.prompt or unit.display_title, ""]
-    lines.append(f"This unit is part of the feature: {feature.title}.")
-    if feature.description:
-        lines += ["", feature.description]
-    if unit.touches:
-        lines += ["", "Files you are expected to change: " + ", ".join(unit.touches)]
-    if unit.inputs:
-        lines += [
-            "",
-            "Inputs from other units are in $FLOTILLA_INPUTS_DIR: " + ", ".join(unit.inputs),
-        ]
-    if unit.outputs:
-        lines += ["", "Write these outputs to $FLOTILLA_OUTPUTS_DIR: " + ", ".join(unit.outputs)]
-    return "\n".join(lines) + "\n"
 
 
 # --- what the agent is told ----------------------------------------------------------------------

@@ -199,29 +199,26 @@ class UnitRunner:
             self.runs.store.delete(key)
 
     def prompt_text(self) -> str:
-        unit, feature = self.unit, self.ctx.request.feature
-        lines = [
-            f"# {unit.display_title}",
+        return unit_prompt(self.ctx, self.unit)
+
+
+def unit_prompt(ctx: RunContext, unit: UnitSpec) -> str:
+    """The unit's task as its agent first reads it; rework starts from the same text."""
+    feature = ctx.request.feature
+    lines = [f"# {unit.display_title}", "", unit.prompt or unit.display_title, ""]
+    lines.append(f"This unit is part of the feature: {feature.title}.")
+    if feature.description:
+        lines += ["", feature.description]
+    if unit.touches:
+        lines += ["", "Files you are expected to change: " + ", ".join(unit.touches)]
+    if unit.inputs:
+        lines += [
             "",
-            unit.prompt or unit.display_title,
-            "",
-            f"This unit is part of the feature: {feature.title}.",
+            "Inputs from other units are in $FLOTILLA_INPUTS_DIR: " + ", ".join(unit.inputs),
         ]
-        if feature.description:
-            lines += ["", feature.description]
-        if unit.touches:
-            lines += ["", "Files you are expected to change: " + ", ".join(unit.touches)]
-        if unit.inputs:
-            lines += [
-                "",
-                "Inputs from other units are in $FLOTILLA_INPUTS_DIR: " + ", ".join(unit.inputs),
-            ]
-        if unit.outputs:
-            lines += [
-                "",
-                "Write these outputs to $FLOTILLA_OUTPUTS_DIR: " + ", ".join(unit.outputs),
-            ]
-        return "\n".join(lines) + "\n"
+    if unit.outputs:
+        lines += ["", "Write these outputs to $FLOTILLA_OUTPUTS_DIR: " + ", ".join(unit.outputs)]
+    return "\n".join(lines) + "\n"
 
 
 def feedback(iteration: int, tests: TestReport) -> str:
