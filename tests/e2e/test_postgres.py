@@ -4,18 +4,20 @@ a feature run through `flotilla run` lands its flow runs in Postgres, not in SQL
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 import asyncpg
-import httpx
 import pytest
 
 from deployments import postgres
 from tests.e2e.helpers import git, make_target, write_request
-from tests.e2e.test_deployments import PREFECT, ROOT, clean_env, free_port, stop
+from tests.e2e.servers import free_port, prefect_server
+
+ROOT = Path(__file__).resolve().parents[2]
 
 FLOTILLA = str(Path(sys.executable).with_name("flotilla"))
 
@@ -36,55 +38,36 @@ def flows_of_flow_runs(port: int) -> list[str]:
 
 @pytest.mark.slow
 def test_a_feature_runs_on_a_prefect_server_backed_by_postgres(tmp_path):
-    pg_port, api_port = free_port(), free_port()
-    data = tmp_path / "pgdata"
+    pg_port = free_port()
+    # Not under pytest's base directory, which a pytest session elsewhere may close to others.
+    data = Path(tempfile.mkdtemp(prefix="flotilla-pg-")) / "data"
     url = postgres.start(data, pg_port)
     assert url == f"postgresql+asyncpg://postgres@127.0.0.1:{pg_port}/prefect"
     assert postgres.start(data, pg_port) == url  # a running server is left as it is
 
-    api_url = f"http://127.0.0.1:{api_port}/api"
-    env = {**clean_env(tmp_path, api_url), "PREFECT_API_DATABASE_CONNECTION_URL": url}
-    log = tmp_path / "server.log"
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(api_port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, f"the server exited:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"the server did not start:\n{log.read_text()}"
-            try:
-                if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-
-        target = make_target(tmp_path / "target")
-        request = write_request(
-            tmp_path, [{"id": "first"}, {"id": "second"}], timeline=tmp_path / "timeline.txt"
-        )
-        done = subprocess.run(
-            [FLOTILLA, "run", str(request), "--repo", str(target), "--run-key", "on-postgres"]
-            + ["--store", str(tmp_path / "store"), "--workdir", str(tmp_path / "work")],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert git(target, "branch", "--list", "flotilla/demo-feature").strip()
-        flows = flows_of_flow_runs(pg_port)
-        assert {"feature", "implement"} <= set(flows), flows  # the run and its stage subflows
-        assert not (tmp_path / "prefect-home" / "prefect.db").exists()
+        with prefect_server(tmp_path, PREFECT_API_DATABASE_CONNECTION_URL=url) as server:
+            env = server.env
+            target = make_target(tmp_path / "target")
+            request = write_request(
+                tmp_path, [{"id": "first"}, {"id": "second"}], timeline=tmp_path / "timeline.txt"
+            )
+            done = subprocess.run(
+                [FLOTILLA, "run", str(request), "--repo", str(target), "--run-key", "on-postgres"]
+                + ["--store", str(tmp_path / "store"), "--workdir", str(tmp_path / "work")],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert git(target, "branch", "--list", "flotilla/demo-feature").strip()
+            flows = flows_of_flow_runs(pg_port)
+            assert {"feature", "implement"} <= set(flows), flows  # the run and its stage subflows
+            assert not (tmp_path / "prefect-home" / "prefect.db").exists()
     finally:
-        stop(server)
         postgres.stop(data)
     assert not postgres.is_running(data)
+    shutil.rmtree(data.parent)
