@@ -37,7 +37,8 @@ from tasks.lifecycle import (
     write_failure_report,
 )
 from tasks.reporting import publish_run_report
-from tasks.resources import apply_run_resources
+from tasks.resources import TAG_PREFIX, apply_run_resources
+from tasks.slots import reclaim_now
 from tasks.store import ArtifactStore, RunStore
 from tasks.units import run_store_for
 
@@ -142,7 +143,9 @@ def _run_stages(
     if not resume:
         verb += f" {ctx.run_key}"
     logger.info("%s: feature %s on %s@%s", verb, ctx.feature_id, ctx.repo, ctx.base)
-    apply_run_resources(ctx)  # tag concurrency limits per resource class, before any unit
+    limits = apply_run_resources(ctx)  # tag concurrency limits per resource class
+    for line in reclaim_now([tag.removeprefix(TAG_PREFIX) for tag in limits]):
+        logger.warning("Reclaimed a resource slot: %s.", line)
     base_commit, summary = pin_base(ctx, runs, summary, logger)
 
     units = list(ctx.request.units)
@@ -165,8 +168,10 @@ def _run_stages(
                 units = decompose.with_options(name=stage.name)(ctx)
         elif stage.processor == "work_loop":
             runner = ThreadPoolTaskRunner(max_workers=stage.max_concurrent)
-            implemented = implement.with_options(name=stage.name, task_runner=runner)(
-                ctx, units, base_commit, rerun
+            implemented = _stage_result(
+                implement.with_options(name=stage.name, task_runner=runner)(
+                    ctx, units, base_commit, rerun, return_state=True
+                )
             )
             units = implemented.units or units
             if implemented.paused:
@@ -221,6 +226,15 @@ def _run_stages(
     if result.status != FeatureStatus.SUCCEEDED:
         raise FeatureFailed(f"Feature {ctx.feature_id} (run {ctx.run_key}) failed: {result.error}")
     return result
+
+
+def _stage_result(state: State) -> ImplementResult:
+    """The implement stage's result, also when the stage ended Failed because a unit failed;
+    any other failure (a crash) is raised as it was."""
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, ImplementResult):
+        return result
+    return state.result()
 
 
 def _flow_run():
