@@ -46,9 +46,15 @@ def cmd_slots(args: argparse.Namespace) -> int:
             usage = read_usage(client, resource_class)
             if usage is None:
                 continue
-            holders = [_holder_line(known.get(h), h) for h in usage.leased]
-            if usage.unheld:
-                holders.append(f"{usage.unheld} held by no live lease (leaked; --reclaim frees)")
+            holders = [_holder_line(known.get(h), h, "lease") for h in usage.leased]
+            lost = [
+                found
+                for h, found in known.items()
+                if found[1].resource_class == resource_class and h not in usage.leased
+            ]
+            holders += [_holder_line(found, "", "lease lost by the server") for found in lost]
+            if usage.unheld > len(lost):
+                holders.append(f"{usage.unheld - len(lost)} held by no one known (leaked)")
             print(
                 f"{resource_class:<16} {usage.limit:>5} {usage.active:>6}  "
                 f"{'; '.join(holders) or '-'}"
@@ -60,12 +66,11 @@ def cmd_slots(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _holder_line(found, holder_id: str) -> str:
+def _holder_line(found, holder_id: str, lease: str) -> str:
     if found is None:
         return f"lease holder {holder_id[:8]} (not a run of this machine)"
     holder, slot = found
     state = "running" if holder.alive else "gone"
-    return (
-        f"run {holder.run_key} unit {slot.unit_id} (pid {holder.pid} on {holder.host}, "
-        f"{state}, lease {slot.lease_id[:8]})"
-    )
+    if lease == "lease":
+        lease = f"lease {slot.lease_id[:8]}"
+    return f"run {holder.run_key} unit {slot.unit_id} (pid {holder.pid} on {holder.host}, {state}, {lease})"

@@ -39,6 +39,7 @@ from tasks.lifecycle import (
 from tasks.reporting import publish_run_report
 from tasks.resources import TAG_PREFIX, apply_run_resources
 from tasks.slots import reclaim_now
+from tasks.stopping import watch_api
 from tasks.store import ArtifactStore, RunStore
 from tasks.units import run_store_for
 
@@ -126,6 +127,7 @@ def run_feature(
     flow_run = _flow_run()
     flow_run_id = str(flow_run.id) if flow_run else ""
     summary = begin(ctx, runs, resume, flow_run_id, logger, force)
+    watch_api()  # a dead API stops the run after FLOTILLA_API_WAIT_S, resumably
     try:
         return _run_stages(ctx, runs, summary, resume, rerun or [])
     except FeatureFailed:

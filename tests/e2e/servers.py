@@ -1,0 +1,64 @@
+"""A real `prefect server start` process that a test can kill and start again on the same port
+and PREFECT_HOME (its SQLite database survives; its in-memory leases do not)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.e2e.test_deployments import PREFECT, clean_env, free_port, stop
+
+
+class PrefectServer:
+    def __init__(self, tmp_path: Path):
+        self.tmp_path = tmp_path
+        self.port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self.env = clean_env(tmp_path, self.api_url)
+        self.process: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> PrefectServer:
+        self.starts += 1
+        log = self.tmp_path / f"server-{self.starts}.log"
+        with log.open("w") as out:
+            self.process = subprocess.Popen(
+                [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 120
+        while not self.healthy():
+            assert self.process.poll() is None, f"the server exited:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"the server did not start:\n{log.read_text()}"
+            time.sleep(0.3)
+        return self
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+
+    def kill(self) -> None:
+        """SIGKILL the server and everything it started, as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def active_slots(self, resource_class: str) -> int:
+        name = f"tag:flotilla:{resource_class}"
+        return httpx.get(f"{self.api_url}/v2/concurrency_limits/{name}", timeout=10).json()[
+            "active_slots"
+        ]
