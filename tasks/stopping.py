@@ -143,7 +143,7 @@ class RunGuard:
         in_flight: list = []
         _bounded(lambda: in_flight.extend(_units_in_flight(self.store_url, self.run_key)), 2.0)
         killed = kill_children() + kill_orphans(Path(self.workdir))
-        killed += kill_children()  # an attempt its unit started again meanwhile
+        killed = sorted({*killed, *kill_children()})  # an attempt its unit started meanwhile
         # a unit whose agent was just killed may have written a failure: it did not fail
         _bounded(lambda: _note_stop(self.store_url, self.run_key, why, in_flight), SUMMARY_WRITE_S)
         if not api_down:
