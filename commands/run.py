@@ -75,6 +75,7 @@ def guarded(flow, run_key: str, store_url: str, workdir: str, /, **parameters):
     guard = RunGuard(run_key, store_url, workdir).install()
     try:
         state = flow(**parameters, return_state=True)
+        guard.settle()
     except RuntimeError as exc:
         if "ephemeral Prefect API server" not in str(exc):
             raise
@@ -86,7 +87,8 @@ def guarded(flow, run_key: str, store_url: str, workdir: str, /, **parameters):
             "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS; the machine may be busy): raise "
             "it, or start a server (`make server`) and set PREFECT_API_URL, then try again."
         ) from None
-    guard.settle()
+    finally:
+        guard.uninstall()
     return state, guard
 
 

@@ -48,6 +48,7 @@ class RunGuard:
         self.api_down_since: float | None = None
         self.api_was_down = False
         self._stopping = threading.Lock()
+        self.done = False
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -56,14 +57,29 @@ class RunGuard:
         _guard = self
         reader, writer = socket.socketpair()
         writer.setblocking(False)
-        self._wake = writer
-        signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._on_signal)
+        self._reader, self._wake = reader, writer
+        self._previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        self._previous = {
+            signum: signal.signal(signum, self._on_signal)
+            for signum in (signal.SIGTERM, signal.SIGINT)
+        }
         threading.Thread(
             target=self._watch_signals, args=(reader,), name="flotilla-signals", daemon=True
         ).start()
         return self
+
+    def uninstall(self) -> None:
+        """The command is over (in-process callers such as tests carry on): hand the signals
+        back and let the watcher threads end."""
+        global _guard
+        self.done = True
+        signal.set_wakeup_fd(self._previous_fd)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        with contextlib.suppress(OSError):
+            self._wake.send(b"\0")  # wakes the signal watcher, which sees `done`
+        if _guard is self:
+            _guard = None
 
     def _on_signal(self, signum, _frame) -> None:
         # Runs on the main thread when it gets a chance; the wakeup fd has already fired.
@@ -71,10 +87,10 @@ class RunGuard:
             self._wake.send(bytes([signum]))
 
     def _watch_signals(self, reader: socket.socket) -> None:
-        while True:
+        while not self.done:
             data = reader.recv(16)
             signums = [b for b in data if b in (signal.SIGTERM, signal.SIGINT)]
-            if signums:
+            if signums and not self.done:
                 name = signal.Signals(signums[0]).name
                 self.stop(
                     f"Stopped on {name}", f"stopped on {name}", 128 + signums[0], api_down=False
@@ -98,8 +114,10 @@ class RunGuard:
 
     def _watch_api(self) -> None:
         said_at = 0.0
-        while True:
+        while not self.done:
             time.sleep(PROBE_EVERY_S)
+            if self.done:
+                return
             now = time.monotonic()
             if self.api_reachable():
                 if self.api_down_since is not None:
@@ -131,7 +149,7 @@ class RunGuard:
     def settle(self) -> None:
         """After the flow returned: if the API is down right now, the outage decides how the
         run ends (back within the wait, or a stop at its end)."""
-        while self.api_down_since is not None:
+        while self.api_down_since is not None and not self.done:
             time.sleep(0.2)
 
     # -- the stop --------------------------------------------------------------------------

@@ -8,6 +8,7 @@ start` process mid-run and starts it again on the same port and PREFECT_HOME.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -140,3 +141,26 @@ def test_a_dead_api_stops_the_run_in_one_line_and_resume_finishes_it(tmp_path):
             proc.wait()
         kill_leftovers(agents)
         server.stop()
+
+
+def test_a_temporary_server_that_does_not_start_in_time_is_one_line_and_exit_4(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FLOTILLA_"))}
+    env |= {
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "1",  # no server starts that fast
+    }
+    request = durable_request(tmp_path, [{"id": "one", "env": {}}], tmp_path / "markers")
+    target = make_target(tmp_path / "target")
+    store = tmp_path / "store"
+    log = tmp_path / "run.log"
+
+    proc = flotilla(env, *run_args(request, target, str(store), tmp_path / "work", "slow"), log=log)
+
+    assert proc.wait(timeout=120) == 4
+    errors = [line for line in log.read_text().splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: The temporary Prefect server did not start within 1 s "
+        "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS; the machine may be busy): raise it, "
+        "or start a server (`make server`) and set PREFECT_API_URL, then try again."
+    ]
+    assert "Traceback" not in log.read_text()
