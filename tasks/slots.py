@@ -215,7 +215,11 @@ class RunSlots:
         except httpx.HTTPStatusError as exc:
             if exc.response.status_code == 423:
                 return False
-            raise
+            if exc.response.status_code < 500:
+                raise
+            return False  # the server is in trouble: try again on a later tick
+        except httpx.TransportError:
+            return False  # the API is away: the unit waits (tasks/stopping.py bounds the wait)
         self.holder.slots[unit_id] = HeldSlot(
             lease_id=response.json()["lease_id"],
             holder_id=str(holder_id),
@@ -255,7 +259,12 @@ class RunSlots:
         running unit to its class."""
         if time.monotonic() - self.renewed_at < RENEW_EVERY_S and not self.unleased:
             return
-        due = time.monotonic() - self.renewed_at >= RENEW_EVERY_S
+        # an API that is away is tried again next tick (tasks/stopping.py bounds the wait)
+        with contextlib.suppress(httpx.TransportError):
+            self._renew(time.monotonic() - self.renewed_at >= RENEW_EVERY_S, classes)
+        self.registry.write(self.holder)
+
+    def _renew(self, due: bool, classes: dict[str, str]) -> None:
         if due:
             self.renewed_at = time.monotonic()
             for unit_id, slot in list(self.holder.slots.items()):
@@ -276,7 +285,6 @@ class RunSlots:
         for unit_id in sorted(self.unleased):
             if unit_id in classes and self.try_acquire(classes[unit_id], unit_id):
                 self.unleased.discard(unit_id)
-        self.registry.write(self.holder)
 
 
 def new_holder(run_key: str, flow_run_id: str, api_url: str) -> SlotHolder:
