@@ -247,13 +247,7 @@ def _flow_run():
 
 
 def _failed_units_message(implemented: ImplementResult) -> str:
-    bad = [r for r in implemented.records.values() if r.status != UnitStatus.SUCCEEDED]
-    failed = [r.unit_id for r in bad if r.status == UnitStatus.FAILED]
-    blocked = [r.unit_id for r in bad if r.status == UnitStatus.BLOCKED]
-    text = f"{len(failed)} unit(s) failed: {', '.join(failed)}"
-    if blocked:
-        text += f"; {len(blocked)} blocked: {', '.join(blocked)}"
-    return text + "; merge and finalize were skipped"
+    return implemented.failure_line() + "; merge and finalize were skipped"
 
 
 def _merge_message(merged: MergeResult) -> str:

@@ -63,7 +63,7 @@ def implement(
             if not loop.running:
                 if reused:
                     continue  # reused units made more units ready
-                if not loop.deferred:
+                if not loop.deferred or loop.pause_seen:
                     break
                 time.sleep(TICK_S)  # other runs hold every slot these units need
                 continue
