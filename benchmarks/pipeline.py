@@ -113,7 +113,7 @@ def run_implement(ctx, max_concurrent: int, profile: bool = False, limits: bool 
         main_thread.disable()
         threading.setprofile(None)
     cpu_after, server_after = _cpu(), _proc_cpu(server)
-    result = state.result()
+    result = state.result(raise_on_failure=False)  # Failed when a unit failed
     failed = {
         u: r.error[:300] for u, r in result.records.items() if r.status != UnitStatus.SUCCEEDED
     }

@@ -5,6 +5,6 @@ This is the CLI layer: `flotilla/cli.py` parses and dispatches here, and these m
 the `flotilla` package keeps the planning brain free of Prefect, git and S3.
 """
 
-from commands import durability, inspect, planning, run
+from commands import durability, inspect, planning, run, slots
 
-MODULES = [run, planning, durability, inspect]
+MODULES = [run, planning, durability, inspect, slots]

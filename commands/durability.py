@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from commands.common import EXIT_FAILED, EXIT_OK, EXIT_PAUSED, command
+from commands.common import EXIT_API_UNREACHABLE, EXIT_FAILED, EXIT_OK, EXIT_PAUSED, command
 from flotilla.results import FeatureStatus, RunState, UnitStatus
 
 
@@ -100,6 +100,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def _carry_on(run_key: str, store: str | None, rerun: list[str], force: bool, verb: str) -> int:
+    from commands.run import guarded
     from flows.feature import feature
     from tasks.lifecycle import load_context, read_summary
     from tasks.recovery import check_not_running
@@ -114,23 +115,33 @@ def _carry_on(run_key: str, store: str | None, rerun: list[str], force: bool, ve
         check_not_running(summary, force)  # refuse while its orchestrator is alive
     if verb:
         print(f"{verb} run {run_key}  (store: {ctx.store_url})", flush=True)
-    state = feature(
+    state, guard = guarded(
+        feature,
+        run_key,
+        ctx.store_url,
+        ctx.workdir,
         run_key=run_key,
         store=ctx.store_url,
         resume=True,
         rerun=rerun,
         force=force,
-        return_state=True,
     )
-    return report_outcome(state, ctx.store_url, run_key, ctx.repo)
+    return report_outcome(state, ctx.store_url, run_key, ctx.repo, guard)
 
 
-def report_outcome(state, store_url: str, run_key: str, repo: str) -> int:
+def report_outcome(state, store_url: str, run_key: str, repo: str, guard=None) -> int:
     """Print how a run ended (summary, failure report or pause note); return the exit code."""
     from commands.run import _read_result, print_summary
     from tasks.lifecycle import failures_key
 
     result = _read_result(store_url, run_key)
+    if result is None and guard is not None and guard.api_was_down:
+        print(
+            f"The run stopped while the Prefect API at {guard.api_url} was unreachable; the run "
+            f"is saved: `flotilla resume {run_key}`",
+            file=sys.stderr,
+        )
+        return EXIT_API_UNREACHABLE
     if result is None:
         print(f"The run ended before it produced a result: {state.message}", file=sys.stderr)
         print(

@@ -6,6 +6,7 @@ import argparse
 import os
 
 from commands.common import EXIT_OK, command
+from flotilla.errors import ApiUnreachable
 from flotilla.results import FeatureResult
 
 
@@ -48,7 +49,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.request, args.repo, args.base, args.workflow, args.store, args.run_key, args.workdir
     )
     print(f"Run key: {ctx.run_key}  (store: {ctx.store_url})", flush=True)
-    state = feature(
+    state, guard = guarded(
+        feature,
+        ctx.run_key,
+        ctx.store_url,
+        ctx.workdir,
         request=args.request,
         repo=ctx.repo,
         base=ctx.base,
@@ -56,11 +61,35 @@ def cmd_run(args: argparse.Namespace) -> int:
         store=ctx.store_url,
         run_key=ctx.run_key,
         workdir=os.path.dirname(ctx.workdir),
-        return_state=True,
     )
     from commands.durability import report_outcome
 
-    return report_outcome(state, ctx.store_url, ctx.run_key, ctx.repo)
+    return report_outcome(state, ctx.store_url, ctx.run_key, ctx.repo, guard)
+
+
+def guarded(flow, run_key: str, store_url: str, workdir: str, /, **parameters):
+    """Run the feature flow under a RunGuard: SIGTERM/SIGINT and a Prefect API that stays away
+    stop it cleanly (tasks/stopping.py); a temporary server that will not start is one line."""
+    from tasks.stopping import RunGuard
+
+    guard = RunGuard(run_key, store_url, workdir).install()
+    try:
+        state = flow(**parameters, return_state=True)
+        guard.settle()
+    except RuntimeError as exc:
+        if "ephemeral Prefect API server" not in str(exc):
+            raise
+        from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+        raise ApiUnreachable(
+            "The temporary Prefect server did not start within "
+            f"{PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()} s "
+            "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS; the machine may be busy): raise "
+            "it, or start a server (`make server`) and set PREFECT_API_URL, then try again."
+        ) from None
+    finally:
+        guard.uninstall()
+    return state, guard
 
 
 def _read_result(store_url: str, run_key: str) -> FeatureResult | None:

@@ -16,6 +16,8 @@ from flotilla.errors import FlotillaError, SpecError
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect's 20 s is too short for a temporary server on a busy machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

@@ -43,6 +43,13 @@ class RunError(FlotillaError):
     """A run could not start or continue (bad repository, unknown run key, store unreachable)."""
 
 
+class ApiUnreachable(RunError):
+    """The Prefect API could not be reached (a server down, a temporary server that would not
+    start); the run is saved and `flotilla resume` carries it on."""
+
+    exit_code = 4
+
+
 class GitError(FlotillaError):
     """A git command failed; the message carries the command and git's own words."""
 

@@ -63,3 +63,28 @@ def _cleared(plan: Plan, dep: str, unit: str, status: Mapping[str, UnitStatus]) 
     if _only_conflict(plan, dep, unit):
         return dep_status.is_final
     return dep_status == UnitStatus.SUCCEEDED
+
+
+class ClassRoom:
+    """How many more units of each resource class may start now in this run: the class's limit
+    minus its units running. The scheduler asks before it submits, so no unit waits on a slot."""
+
+    def __init__(self, limits: Mapping[str, int], running: Iterable[str]):
+        self.limits = dict(limits)
+        self.used: dict[str, int] = {}
+        self.full: set[str] = set()  # classes the server said are full (other runs hold them)
+        for resource_class in running:
+            self.take(resource_class)
+
+    def has_room(self, resource_class: str) -> bool:
+        if resource_class in self.full:
+            return False
+        limit = self.limits.get(resource_class)
+        return limit is None or self.used.get(resource_class, 0) < limit
+
+    def take(self, resource_class: str) -> None:
+        self.used[resource_class] = self.used.get(resource_class, 0) + 1
+
+    def close(self, resource_class: str) -> None:
+        """The class is full across runs: start none of it until a later tick."""
+        self.full.add(resource_class)

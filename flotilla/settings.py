@@ -32,6 +32,12 @@ class FlotillaSettings(BaseSettings):
     rate_limit_total_wait_s: float = Field(
         6 * 3600.0, ge=0, description="After this much waiting in one attempt, the unit fails."
     )
+    api_wait_s: float = Field(
+        120.0,
+        gt=0,
+        description="How long a run waits for an unreachable Prefect API to come back before it "
+        "stops (exit 4); `flotilla resume` carries it on.",
+    )
     github_token: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("GITHUB_TOKEN", "FLOTILLA_GITHUB_TOKEN"),

@@ -37,7 +37,9 @@ from tasks.lifecycle import (
     write_failure_report,
 )
 from tasks.reporting import publish_run_report
-from tasks.resources import apply_run_resources
+from tasks.resources import TAG_PREFIX, apply_run_resources
+from tasks.slots import reclaim_now
+from tasks.stopping import watch_api
 from tasks.store import ArtifactStore, RunStore
 from tasks.units import run_store_for
 
@@ -125,6 +127,7 @@ def run_feature(
     flow_run = _flow_run()
     flow_run_id = str(flow_run.id) if flow_run else ""
     summary = begin(ctx, runs, resume, flow_run_id, logger, force)
+    watch_api()  # a dead API stops the run after FLOTILLA_API_WAIT_S, resumably
     try:
         return _run_stages(ctx, runs, summary, resume, rerun or [])
     except FeatureFailed:
@@ -142,7 +145,9 @@ def _run_stages(
     if not resume:
         verb += f" {ctx.run_key}"
     logger.info("%s: feature %s on %s@%s", verb, ctx.feature_id, ctx.repo, ctx.base)
-    apply_run_resources(ctx)  # tag concurrency limits per resource class, before any unit
+    limits = apply_run_resources(ctx)  # tag concurrency limits per resource class
+    for line in reclaim_now([tag.removeprefix(TAG_PREFIX) for tag in limits]):
+        logger.warning("Reclaimed a resource slot: %s.", line)
     base_commit, summary = pin_base(ctx, runs, summary, logger)
 
     units = list(ctx.request.units)
@@ -165,8 +170,10 @@ def _run_stages(
                 units = decompose.with_options(name=stage.name)(ctx)
         elif stage.processor == "work_loop":
             runner = ThreadPoolTaskRunner(max_workers=stage.max_concurrent)
-            implemented = implement.with_options(name=stage.name, task_runner=runner)(
-                ctx, units, base_commit, rerun
+            implemented = _stage_result(
+                implement.with_options(name=stage.name, task_runner=runner)(
+                    ctx, units, base_commit, rerun, return_state=True
+                )
             )
             units = implemented.units or units
             if implemented.paused:
@@ -223,6 +230,15 @@ def _run_stages(
     return result
 
 
+def _stage_result(state: State) -> ImplementResult:
+    """The implement stage's result, also when the stage ended Failed because a unit failed;
+    any other failure (a crash) is raised as it was."""
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, ImplementResult):
+        return result
+    return state.result()
+
+
 def _flow_run():
     from prefect.context import FlowRunContext
 
@@ -231,13 +247,7 @@ def _flow_run():
 
 
 def _failed_units_message(implemented: ImplementResult) -> str:
-    bad = [r for r in implemented.records.values() if r.status != UnitStatus.SUCCEEDED]
-    failed = [r.unit_id for r in bad if r.status == UnitStatus.FAILED]
-    blocked = [r.unit_id for r in bad if r.status == UnitStatus.BLOCKED]
-    text = f"{len(failed)} unit(s) failed: {', '.join(failed)}"
-    if blocked:
-        text += f"; {len(blocked)} blocked: {', '.join(blocked)}"
-    return text + "; merge and finalize were skipped"
+    return implemented.failure_line() + "; merge and finalize were skipped"
 
 
 def _merge_message(merged: MergeResult) -> str:

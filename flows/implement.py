@@ -9,21 +9,24 @@ writes a checkpoint and takes in the follow-up units the unit's agent proposed.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import time
 from logging import Logger, LoggerAdapter
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
+from prefect.states import Failed, State
 from pydantic import BaseModel, Field
 
 from flotilla.growth import AddedUnit, review_proposals
-from flotilla.plan import Plan
+from flotilla.plan import Plan, resource_limits
 from flotilla.results import FailureClass, UnitRecord, UnitStatus, utcnow
 from flotilla.runs import RunContext, unit_fingerprint
-from flotilla.scheduling import blocked_by_failures, by_urgency, ready_units
+from flotilla.scheduling import ClassRoom, blocked_by_failures, by_urgency, ready_units
 from flotilla.spec import UnitSpec
 from tasks.checkpoints import CheckpointWriter
 from tasks.control import load_added, pause_requested, proposals_key, save_added
 from tasks.reporting import TICK_S, publish_unit_table, start_run_report
+from tasks.slots import RunSlots, run_slots
 from tasks.stats import typical_durations
 from tasks.units import UnitJob, run_store_for, run_unit, workspace_for
 
@@ -38,27 +41,43 @@ class ImplementResult(BaseModel):
     def all_succeeded(self) -> bool:
         return all(r.status == UnitStatus.SUCCEEDED for r in self.records.values())
 
+    def failure_line(self) -> str:
+        bad = [r for r in self.records.values() if r.status != UnitStatus.SUCCEEDED]
+        failed = [r.unit_id for r in bad if r.status == UnitStatus.FAILED]
+        blocked = [r.unit_id for r in bad if r.status == UnitStatus.BLOCKED]
+        text = f"{len(failed)} unit(s) failed: {', '.join(failed)}"
+        return text + (f"; {len(blocked)} blocked: {', '.join(blocked)}" if blocked else "")
+
 
 @flow(name="implement", persist_result=False)
 def implement(
     ctx: RunContext, units: list[UnitSpec], base_commit: str, rerun: list[str] | None = None
-) -> ImplementResult:
+) -> ImplementResult | State:
     """`rerun` names units to run again even if an earlier run of this key finished them."""
     loop = UnitLoop(ctx, units, base_commit, set(rerun or ()), get_run_logger())
     loop.report = start_run_report(ctx, loop.plan)
-    while True:
-        loop.block_dependents()
-        reused = 0 if loop.pausing() else loop.submit_ready()
-        if not loop.running:
-            if reused:
-                continue  # reused units made more units ready
-            break
-        done, _ = cf.wait(list(loop.running), timeout=TICK_S, return_when=cf.FIRST_COMPLETED)
-        for raw in done:
-            loop.finish(raw)
-        publish_unit_table(ctx.feature_id, loop.table(), ctx.run_key)
+    with run_slots(ctx.run_key, loop.logger) as loop.slots:
+        while True:
+            loop.block_dependents()
+            reused = 0 if loop.pausing() else loop.submit_ready()
+            if not loop.running:
+                if reused:
+                    continue  # reused units made more units ready
+                if not loop.deferred or loop.pause_seen:
+                    break
+                time.sleep(TICK_S)  # other runs hold every slot these units need
+                continue
+            done, _ = cf.wait(list(loop.running), timeout=TICK_S, return_when=cf.FIRST_COMPLETED)
+            for raw in done:
+                loop.finish(raw)
+            loop.slots.keep_alive(loop.running_classes())
+            publish_unit_table(ctx.feature_id, loop.table(), ctx.run_key)
     publish_unit_table(ctx.feature_id, loop.table(), ctx.run_key)
-    return loop.result()
+    result = loop.result()
+    if result.all_succeeded or result.paused:
+        return result
+    # the stage's state says what happened to its units; the feature flow reads the result
+    return Failed(message=result.failure_line(), data=result)
 
 
 class UnitLoop:
@@ -77,6 +96,9 @@ class UnitLoop:
         self.workspace = workspace_for(ctx)
         self.stage = ctx.stage("work_loop")
         self.limit = self.stage.max_concurrent if self.stage else 5
+        self.class_limits = resource_limits(ctx.request, ctx.workflow)
+        self.slots: RunSlots | None = None
+        self.deferred: set[str] = set()  # classes held back because other runs fill them
         self.durations = typical_durations(self.runs.store)
         self.added = load_added(self.runs)
         known = {u.id for u in units}
@@ -142,9 +164,14 @@ class UnitLoop:
         reused = 0
         started = {name for name, _ in self.running.values()}
         ready = ready_units(self.plan, self.status, started)
+        room = ClassRoom(self.class_limits, self.running_classes().values())
+        self.deferred = set()
         for unit_id in by_urgency(self.plan, ready, self.remaining):
             if len(self.running) >= self.limit:
                 break
+            resource_class = self.plan.settings[unit_id].resources
+            if not room.has_room(resource_class):
+                continue
             job = self.job_for(unit_id)
             if (previous := self.reusable(job)) is not None:
                 self.logger.info("Unit %s already succeeded in this run; reusing it.", unit_id)
@@ -152,13 +179,25 @@ class UnitLoop:
                 self.take_proposals(unit_id)
                 reused += 1
                 continue
+            if self.slots is not None and not self.slots.try_acquire(resource_class, unit_id):
+                room.close(resource_class)  # full across runs: this unit waits for a later tick
+                self.deferred.add(resource_class)
+                continue
+            room.take(resource_class)
             self.status[unit_id] = UnitStatus.RUNNING
-            future = run_unit.with_options(
-                task_run_name=f"unit-{unit_id}",
-                tags=[f"flotilla:{self.plan.settings[unit_id].resources}"],
-            ).submit(job)
+            future = run_unit.with_options(task_run_name=f"unit-{unit_id}").submit(job)
             self.running[future.wrapped_future] = (unit_id, future)
+        if self.deferred and not self.running:
+            self.logger.info(
+                "Waiting for a free slot of class(es) %s: other runs on this Prefect server "
+                "hold them all.",
+                ", ".join(sorted(self.deferred)),
+            )
         return reused
+
+    def running_classes(self) -> dict[str, str]:
+        """Each running unit's resource class."""
+        return {u: self.plan.settings[u].resources for u, _ in self.running.values()}
 
     def job_for(self, unit_id: str) -> UnitJob:
         # conflict-only predecessors count only when they succeeded (a failed one has no work)
@@ -198,6 +237,8 @@ class UnitLoop:
 
     def finish(self, raw: cf.Future) -> None:
         unit_id, _future = self.running.pop(raw)
+        if self.slots is not None:
+            self.slots.release(unit_id)
         record = self.runs.read_record(unit_id)  # the ledger is the source of truth
         if record is None or not record.status.is_final:
             state = raw.result() if raw.exception() is None else None

@@ -1,5 +1,6 @@
-"""Real Prefect servers for end-to-end tests: `prefect server start` on a free loopback port, with
-its own PREFECT_HOME, started and stopped as a user would."""
+"""Real Prefect servers for end-to-end tests: `prefect server start` on a free loopback port with
+its own PREFECT_HOME, which a test can kill and start again on the same port and home (its
+SQLite database survives; its in-memory leases do not)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -38,10 +38,10 @@ def clean_env(tmp_path: Path, api_url: str) -> dict[str, str]:
     }
 
 
-def stop(process: subprocess.Popen, signum: int = signal.SIGTERM) -> None:
+def stop(process: subprocess.Popen) -> None:
     """Stop a process started in its own session, and everything it started."""
     if process.poll() is None:
-        os.killpg(process.pid, signum)
+        os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -49,45 +49,64 @@ def stop(process: subprocess.Popen, signum: int = signal.SIGTERM) -> None:
             process.wait()
 
 
-@dataclass
 class PrefectServer:
-    api_url: str
-    env: dict[str, str]
-    process: subprocess.Popen
-    log: Path
+    """One server's port, home and environment; `start` again after `kill` to restart it."""
 
+    def __init__(self, tmp_path: Path, **extra_env: str):
+        self.tmp_path = tmp_path
+        self.port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self.env = {**clean_env(tmp_path, self.api_url), **extra_env}
+        self.process: subprocess.Popen | None = None
+        self.starts = 0
 
-def wait_until_healthy(server: PrefectServer, limit_s: float = 120) -> None:
-    deadline = time.monotonic() + limit_s
-    while True:
-        assert server.process.poll() is None, f"the server exited:\n{server.log.read_text()}"
-        assert time.monotonic() < deadline, f"the server did not start:\n{server.log.read_text()}"
+    def start(self) -> PrefectServer:
+        self.starts += 1
+        log = self.tmp_path / f"server-{self.port}-{self.starts}.log"
+        with log.open("w") as out:
+            self.process = subprocess.Popen(
+                [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 120
+        while not self.healthy():
+            assert self.process.poll() is None, f"the server exited:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"the server did not start:\n{log.read_text()}"
+            time.sleep(0.3)
+        return self
+
+    def healthy(self) -> bool:
         try:
-            if httpx.get(f"{server.api_url}/health", timeout=2).status_code == 200:
-                return
+            return httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+
+    def kill(self) -> None:
+        """SIGKILL the server and everything it started, as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def active_slots(self, resource_class: str) -> int:
+        name = f"tag:flotilla:{resource_class}"
+        return httpx.get(f"{self.api_url}/v2/concurrency_limits/{name}", timeout=10).json()[
+            "active_slots"
+        ]
 
 
 @contextmanager
 def prefect_server(tmp_path: Path, **extra_env: str) -> Iterator[PrefectServer]:
-    """A Prefect server (SQLite in tmp_path/prefect-home unless `extra_env` names a database)."""
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = {**clean_env(tmp_path, api_url), **extra_env}
-    log = tmp_path / f"server-{port}.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = PrefectServer(api_url, env, process, log)
+    """A started server (SQLite in tmp_path/prefect-home unless `extra_env` names a database),
+    stopped at the end."""
+    server = PrefectServer(tmp_path, **extra_env)
     try:
-        wait_until_healthy(server)
-        yield server
+        yield server.start()
     finally:
-        stop(process)
+        server.stop()

@@ -1,7 +1,8 @@
-"""Resource classes: Prefect tag concurrency limits `flotilla:<class>` cap each class.
+"""Resource classes: the scheduler caps each class; Prefect tag limits guard across runs.
 
-Thirty units over three classes run with agents that record their start and end. The stage's
-`max_concurrent` is larger than the sum of the limits, so only the tags limit the classes.
+Twenty-two units over three classes run with agents that record their start and end. The stage's
+`max_concurrent` is larger than the sum of the limits, so only the class limits hold units back:
+the scheduler submits a unit only when its class has room in the run and on the server.
 Each agent of a class holds on (up to a time limit) until its class has been seen at its limit
 once, so reaching the limit does not depend on how fast this machine starts units; agents that
 come later just sleep briefly.
@@ -13,13 +14,15 @@ import sys
 from pathlib import Path
 
 import yaml
+from prefect import get_client
 
 from flotilla.cli import main
 from tasks.resources import ensure_resource_limits, read_resource_limits
+from tasks.slots import read_usage
 from tests.e2e.helpers import make_target, timeline_of
 
-LIMITS = {"light": 4, "standard": 3, "heavy": 2}
-COUNTS = {"light": 12, "standard": 10, "heavy": 8}
+LIMITS = {"light": 4, "standard": 2, "heavy": 1}
+COUNTS = {"light": 12, "standard": 6, "heavy": 4}
 
 AGENT = """\
 import os, sys, time
@@ -41,7 +44,7 @@ while not seen.exists() and time.monotonic() < deadline:
         seen.touch()
         break
     time.sleep(0.05)
-time.sleep(0.3)
+time.sleep(1.0)
 Path("units").mkdir(exist_ok=True)
 Path("units", unit + ".txt").write_text(unit + "\\n")
 Path(os.environ["FLOTILLA_SUMMARY_FILE"]).write_text(f"Wrote units/{unit}.txt.\\n")
@@ -96,7 +99,7 @@ def write_files(tmp_path: Path, timeline: Path) -> tuple[Path, Path]:
         (Path(__file__).parents[2] / "flotilla" / "default_workflow.yaml").read_text()
     )
     implement = workflow["workflow"]["stages"][1]
-    implement["max_concurrent"] = 10  # more than 4 + 3 + 2: only the tags limit the classes
+    implement["max_concurrent"] = 8  # more than 4 + 2 + 1: only the class limits hold units back
     implement["retry_policy"] = {"max_attempts": 1}
     spec = tmp_path / "workflow.yaml"
     spec.write_text(yaml.safe_dump(workflow))
@@ -128,11 +131,13 @@ def test_peak_overlap_per_class_reaches_its_limit_and_never_exceeds_it(tmp_path)
     assert code == 0
     assert read_resource_limits(list(LIMITS)) == LIMITS  # set on the server by the run
     spans = timeline_of(timeline)
-    assert len(spans) == 30
+    assert len(spans) == sum(COUNTS.values())
     for name, limit in LIMITS.items():
         in_class = [span for unit, span in spans.items() if unit.startswith(f"{name}-")]
         assert len(in_class) == COUNTS[name]
         assert peak_overlap(in_class) == limit, name
+    with get_client(sync_client=True) as client:  # every slot the run took is given back
+        assert {c: read_usage(client, c).active for c in LIMITS} == dict.fromkeys(LIMITS, 0)
 
 
 def test_limits_are_created_and_then_updated():

@@ -7,7 +7,7 @@ import json
 from flotilla.growth import AddedUnit, AddedUnits, review_proposals
 from flotilla.plan import Plan
 from flotilla.results import UnitStatus
-from flotilla.scheduling import blocked_by_failures, by_urgency, ready_units
+from flotilla.scheduling import ClassRoom, blocked_by_failures, by_urgency, ready_units
 from flotilla.spec import FeatureRequest
 
 P, R, S, F, B = (
@@ -162,3 +162,23 @@ def test_a_failed_unit_does_not_block_a_unit_that_only_conflicts_with_it():
     assert ready_units(plan, status, started=[]) == ["second"]
     # while the conflicting unit still runs, the other one waits
     assert ready_units(plan, {**status, "first": UnitStatus.RUNNING}, started=["first"]) == []
+
+
+def test_class_room_counts_running_units_against_each_limit():
+    room = ClassRoom({"light": 2, "heavy": 1}, running=["light", "heavy"])
+    assert room.has_room("light")
+    assert not room.has_room("heavy")
+    room.take("light")
+    assert not room.has_room("light")
+
+
+def test_a_class_without_a_limit_always_has_room():
+    room = ClassRoom({"light": 1}, running=["gpu", "gpu"])
+    assert room.has_room("gpu")
+
+
+def test_a_class_the_server_says_is_full_gets_no_unit_until_the_next_tick():
+    room = ClassRoom({"standard": 2}, running=[])
+    room.close("standard")
+    assert not room.has_room("standard")
+    assert ClassRoom({"standard": 2}, running=[]).has_room("standard")
