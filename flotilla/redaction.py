@@ -27,6 +27,9 @@ SECRET_NAME = re.compile(
 )
 # Names that match SECRET_NAME but hold no secret; their values are everyday words and paths.
 NOT_SECRET_NAMES = frozenset({"AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "KEYMAP"})
+# A file path (`AWS_CA_BUNDLE`, `GOOGLE_APPLICATION_CREDENTIALS`) or a URL without a password
+# (`AWS_ENDPOINT_URL`) names where a secret is, and is not one.
+_PLAIN_VALUE = re.compile(r"^(?:~?/|\./)\S*$|^[a-z][a-z0-9+.-]*://[^\s@]*$", re.IGNORECASE)
 
 TOKEN_SHAPES = (
     r"\bgh[pousr]_[A-Za-z0-9]{20,}",  # GitHub classic tokens (personal, OAuth, app, refresh)
@@ -48,7 +51,10 @@ _cache: dict[frozenset[str], Redactor] = {}
 
 def looks_secret(name: str, value: str) -> bool:
     """True when `name=value` is a credential by the rules above (name and length)."""
-    if name.upper() in NOT_SECRET_NAMES or len(value.strip()) < MIN_SECRET_LENGTH:
+    value = value.strip()
+    if name.upper() in NOT_SECRET_NAMES or len(value) < MIN_SECRET_LENGTH:
+        return False
+    if _PLAIN_VALUE.match(value):
         return False
     return bool(SECRET_NAME.search(name)) or bool(_SHAPES.search(value))
 
@@ -74,9 +80,9 @@ class Redactor:
         # Longest first, so a secret that contains another is hidden whole.
         literal = "|".join(re.escape(v) for v in sorted(self.values, key=len, reverse=True))
         self._text = re.compile(f"{literal}|{_SHAPES.pattern}" if literal else _SHAPES.pattern)
-        raw = "|".join(
+        raw = b"|".join(
             re.escape(v.encode()) for v in sorted(self.values, key=len, reverse=True)
-        ).encode()
+        )
         shapes = _SHAPES.pattern.encode()
         self._bytes = re.compile(raw + b"|" + shapes if raw else shapes)
 
