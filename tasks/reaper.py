@@ -122,7 +122,8 @@ def _exit_like(code: int | None, stopped_by: int | None) -> None:
     elif code is None:
         sig = stopped_by or signal.SIGTERM
     if sig is not None:
-        signal.signal(sig, signal.SIG_DFL)
+        with contextlib.suppress(OSError, ValueError):  # SIGKILL cannot be caught anyway
+            signal.signal(sig, signal.SIG_DFL)
         os.kill(os.getpid(), sig)
         time.sleep(1)
         os._exit(128 + sig)
