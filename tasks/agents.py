@@ -373,7 +373,7 @@ def _log_wait(agent: AgentSpec, inv: AgentInvocation, outcome: AgentOutcome, wai
     name = f"{inv.agent_name!r} ({kind})" if inv.agent_name else kind
     message = redact(
         f"agent {name} of unit {inv.unit_id} is rate-limited "
-        f"({outcome.rate_limit_reason or 'a limit message'}); waiting {wait:.0f}s before "
+        f"({outcome.rate_limit_reason or 'a limit message'}); waiting {_seconds(wait)} before "
         f"running it again (attempt {inv.attempt} is not spent)"
     )
     with inv.log_file.open("a", encoding="utf-8") as log:
@@ -390,3 +390,7 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
         return get_run_logger()
     except MissingContextError:
         return logging.getLogger("flotilla.agents")
+
+
+def _seconds(wait: float) -> str:
+    return f"{wait:.1f}s" if wait < 10 else f"{wait:.0f}s"
