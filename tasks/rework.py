@@ -19,6 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from flotilla.plan import UnitSettings
+from flotilla.redaction import redact
 from flotilla.results import FailureClass, ReworkNote, TestReport, UnitRecord, UnitStatus, utcnow
 from flotilla.runs import RunContext
 from flotilla.spec import UnitSpec
@@ -174,7 +175,7 @@ def _attempt(
             )
         written = local / "summary.md"
         summary = written.read_text().strip() if written.exists() else ""
-        summary = summary or job.record.summary
+        summary = redact(summary or job.record.summary)  # a commit message and the PR
         message = (
             f"{unit.display_title}\n\n{summary}\n\nFlotilla-Unit: {unit.id}\n"
             f"{REWORK_TRAILER}: {job.reason}\n"

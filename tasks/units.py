@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from flotilla.plan import UnitSettings
+from flotilla.redaction import redact
 from flotilla.results import FailureClass, TestReport, UnitRecord, UnitStatus, utcnow
 from flotilla.runs import RunContext
 from flotilla.spec import UnitSpec
@@ -294,6 +295,7 @@ def step_tests(runner: UnitRunner, worktree: Path, log_file: Path) -> TestReport
 def step_commit(runner: UnitRunner, worktree: Path, summary_file: Path) -> str:
     runner.save(step="commit")
     summary = summary_file.read_text().strip() if summary_file.exists() else ""
+    summary = redact(summary)  # it goes into a commit message, the ledger and the PR
     message = f"{runner.unit.display_title}\n\n{summary}\n\nFlotilla-Unit: {runner.unit.id}\n"
     sha = runner.workspace.commit_all(worktree, message)
     files = runner.workspace.changed_files(runner.record.start_commit, sha)
