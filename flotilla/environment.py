@@ -97,7 +97,7 @@ PRESET_ENV: dict[str, tuple[str, ...]] = {
         "GOOGLE_GENAI_USE_VERTEXAI",
         "GOOGLE_APPLICATION_CREDENTIALS",
     ),
-    "cursor-agent": ("CURSOR_API_KEY",),
+    "cursor-agent": ("CURSOR_*",),
     "copilot": ("COPILOT_*", "GH_TOKEN", "GITHUB_TOKEN", "GH_HOST"),
     "opencode": (
         "OPENCODE_*",
