@@ -50,6 +50,10 @@ BASIC_NAMES = frozenset(
         "REQUESTS_CA_BUNDLE",
         "CURL_CA_BUNDLE",
         "NODE_EXTRA_CA_CERTS",
+        # where Python keeps bytecode caches: a user who keeps them out of trees keeps them out
+        # of worktrees (and so out of commits) too
+        "PYTHONDONTWRITEBYTECODE",
+        "PYTHONPYCACHEPREFIX",
     }
 )
 BASIC_PREFIXES = ("LC_",)
