@@ -80,9 +80,7 @@ class Redactor:
         # Longest first, so a secret that contains another is hidden whole.
         literal = "|".join(re.escape(v) for v in sorted(self.values, key=len, reverse=True))
         self._text = re.compile(f"{literal}|{_SHAPES.pattern}" if literal else _SHAPES.pattern)
-        raw = b"|".join(
-            re.escape(v.encode()) for v in sorted(self.values, key=len, reverse=True)
-        )
+        raw = b"|".join(re.escape(v.encode()) for v in sorted(self.values, key=len, reverse=True))
         shapes = _SHAPES.pattern.encode()
         self._bytes = re.compile(raw + b"|" + shapes if raw else shapes)
 
