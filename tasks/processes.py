@@ -53,7 +53,7 @@ def run_process(
     appended to `log_file` as it arrives.
     """
     argv = ["bash", "-c", command] if isinstance(command, str) else command
-    argv = [sys.executable, "-I", "-S", str(REAPER), str(os.getpid()), "--", *argv]
+    argv = [sys.executable, "-I", "-S", str(REAPER), "--", *argv]
     full_env = dict(env) if env is not None else basic_env(os.environ)
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     log = open(log_file, "ab") if log_file else None  # noqa: SIM115 - closed in finally

@@ -1,6 +1,6 @@
 """The runner between Flotilla and an agent or test command: nothing the command starts outlives it.
 
-    python -I -S reaper.py PARENT_PID -- COMMAND [ARG...]
+    python -I -S reaper.py -- COMMAND [ARG...]
 
 It runs COMMAND, waits for it, ends every process COMMAND left behind, and exits with COMMAND's
 status (or dies of the same signal). Why it works this way:
@@ -17,8 +17,10 @@ status (or dies of the same signal). Why it works this way:
   with the waits of Flotilla's other subprocesses (git, a Prefect server).
 - A cgroup would also hold processes that escape by stranger means, but needs a writable cgroup
   hierarchy (root or systemd delegation), which containers and CI machines rarely give.
-- `PR_SET_PDEATHSIG` tells the runner when Flotilla dies (even of kill -9), so a crash leaves no
-  agent running; a SIGTERM from Flotilla (a time limit) ends the whole subtree the same way.
+- A SIGTERM from Flotilla (a time limit) ends the whole subtree the same way. When Flotilla
+  itself dies (kill -9), the runner and its agent carry on like any orphan, in a session of
+  their own whose working directory is the worktree: `flotilla resume` finds and ends them
+  (`tasks.recovery.kill_orphans`) before the unit runs again.
 - Without prctl or /proc (not Linux), it still runs COMMAND in its process group, which
   Flotilla ends as a whole afterwards.
 
@@ -34,7 +36,6 @@ import signal
 import sys
 import time
 
-PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 GRACE_S = 2.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -133,16 +134,13 @@ def _exit_like(code: int | None, stopped_by: int | None) -> None:
 
 def main(argv: list[str]) -> None:
     global _waiting
-    if len(argv) < 3 or argv[1] != "--":
-        sys.stderr.write("usage: reaper.py PARENT_PID -- COMMAND [ARG...]\n")
+    if len(argv) < 2 or argv[0] != "--":
+        sys.stderr.write("usage: reaper.py -- COMMAND [ARG...]\n")
         sys.exit(2)
-    parent, command_argv = int(argv[0]), argv[2:]
+    command_argv = argv[1:]
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
-    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     for sig in STOP_SIGNALS:
         signal.signal(sig, _on_signal)
-    if os.getppid() != parent:  # Flotilla died before PDEATHSIG was armed
-        sys.exit(128 + signal.SIGTERM)
     pid = os.fork()
     if pid == 0:
         for sig in STOP_SIGNALS:
