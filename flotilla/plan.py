@@ -37,6 +37,8 @@ class UnitSettings(BaseModel):
     max_iterations: int
     retry_policy: RetryPolicy
     resources: str
+    env: dict[str, str] = {}  # the request's `env:` for this unit: defaults', then the unit's
+    pass_env: list[str] = []  # likewise for `pass_env:`; the agent's own are in `agent`
 
 
 @dataclass
@@ -281,4 +283,6 @@ def resolve_settings(
         max_iterations=unit.max_iterations or request.defaults.max_iterations,
         retry_policy=policy,
         resources=unit.resources or request.defaults.resources,
+        env={**request.defaults.env, **unit.env},
+        pass_env=[*request.defaults.pass_env, *unit.pass_env],
     )

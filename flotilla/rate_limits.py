@@ -70,6 +70,13 @@ def detect_rate_limit(
     return True, None if delay is None else min(max(delay, 1.0), max_wait_s)
 
 
+def limit_message(output: str, limit: int = 200) -> str:
+    """The last line of `output` that reads like a limit message, cut to `limit` characters."""
+    lines = output.splitlines()[-RATE_LIMIT_SCAN_LINES:]
+    said = next((line.strip() for line in reversed(lines) if _LIMIT_RE.search(line)), "")
+    return said if len(said) <= limit else said[: limit - 1] + "…"
+
+
 def parse_retry_after(text: str, *, now: datetime | None = None) -> float | None:
     """Seconds until a limit resets, from the last delay or reset time `text` names."""
     now = now or datetime.now().astimezone()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from flotilla.redaction import URL_PASSWORD
 from flotilla.results import utcnow
 from flotilla.spec import FeatureRequest, UnitSpec, WorkflowSpec
 
@@ -71,6 +72,15 @@ def check_run_key(key: str) -> str:
 def resolve_repo(repo: str, request_dir: Path) -> str:
     """A local path is made absolute relative to the request file; URLs stay as they are."""
     if "://" in repo or re.match(r"^[\w.-]+@[\w.-]+:", repo):
+        if URL_PASSWORD.search(repo):
+            from flotilla.errors import RunError
+
+            shown = URL_PASSWORD.sub(lambda m: m.group("head") + "***", repo)
+            raise RunError(
+                f"The target repository URL {shown} carries a "
+                "password or token, which would be stored with the run and shown in Prefect. "
+                "Remove it from the URL and let git find it (a credential helper, or SSH)."
+            )
         return repo
     path = Path(repo).expanduser()
     return str((path if path.is_absolute() else request_dir / path).resolve())

@@ -9,7 +9,17 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from flotilla.environment import CONTRACT_NAMES, ENV_NAME, PASS_ENV_NAME
+from flotilla.redaction import looks_secret
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
 SLUG_HELP = (
@@ -20,6 +30,43 @@ Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN, max_length=64)]
 PRESETS = ("claude", "codex", "aider", "gemini", "cursor-agent", "copilot", "opencode")
 Preset = Literal["claude", "codex", "aider", "gemini", "cursor-agent", "copilot", "opencode"]
 FailureKind = Literal["agent_failed", "tests_failed", "timed_out"]
+
+
+def _check_env_values(values: dict[str, str]) -> dict[str, str]:
+    """`env:` sets plain settings; a secret there would be stored with the run and shown."""
+    for name, value in values.items():
+        if not ENV_NAME.match(name):
+            raise ValueError(
+                f"{name!r} is not a variable name; use letters, digits and '_' (e.g. 'MY_FLAG')"
+            )
+        if name in CONTRACT_NAMES:
+            raise ValueError(f"{name} is set by Flotilla for every agent; remove it from `env`")
+        if looks_secret(name, value):
+            raise ValueError(
+                f"the value of {name} looks like a secret, and a request is stored with its run "
+                f"and shown in Prefect; export {name} where Flotilla runs and write "
+                f"`pass_env: [{name}]` instead"
+            )
+    return values
+
+
+def _check_pass_env(names: list[str]) -> list[str]:
+    for name in names:
+        if not PASS_ENV_NAME.match(name):
+            raise ValueError(
+                f"{name!r} is not a variable name or prefix; write NAME or PREFIX_* "
+                "(letters, digits and '_')"
+            )
+    return names
+
+
+EnvValues = Annotated[dict[str, str], AfterValidator(_check_env_values)]
+PassEnv = Annotated[list[str], AfterValidator(_check_pass_env)]
+ENV_HELP = "Environment variables set for the agent and the tests (plain settings, no secrets)."
+PASS_ENV_HELP = (
+    "Variables copied from Flotilla's environment (NAME or PREFIX_*): the way to hand a "
+    "secret to an agent or a test."
+)
 
 
 class StrictModel(BaseModel):
@@ -72,8 +119,14 @@ class AgentSpec(StrictModel):
     executable: str | None = Field(
         None, description="Path or name of the preset's executable, if not the usual one."
     )
-    env: dict[str, str] = Field(
-        default_factory=dict, description="Extra environment variables for the agent process."
+    env: EnvValues = Field(
+        default_factory=dict,
+        description="Environment variables set for the agent process (plain settings, no secrets).",
+    )
+    pass_env: PassEnv = Field(
+        default_factory=list,
+        description="Variables copied from Flotilla's environment into the agent's (NAME or "
+        "PREFIX_*), on top of what its preset needs.",
     )
     timeout_s: float | None = Field(None, gt=0, description="Time limit per agent invocation.")
     retry_policy: RetryPolicy | None = Field(
@@ -125,6 +178,8 @@ class Defaults(StrictModel):
         3, ge=1, le=20, description="Agent ⇄ tests rounds per attempt before it counts as failed."
     )
     retry_policy: RetryPolicy | None = Field(None, description="Default unit retry policy.")
+    env: EnvValues = Field(default_factory=dict, description=ENV_HELP)
+    pass_env: PassEnv = Field(default_factory=list, description=PASS_ENV_HELP)
 
 
 class UnitSpec(StrictModel):
@@ -152,6 +207,8 @@ class UnitSpec(StrictModel):
     timeout_s: float | None = Field(None, gt=0, description="Agent time limit per invocation.")
     max_iterations: int | None = Field(None, ge=1, le=20, description="Agent ⇄ tests rounds.")
     estimate_s: float | None = Field(None, gt=0, description="Expected duration, for scheduling.")
+    env: EnvValues = Field(default_factory=dict, description=ENV_HELP)
+    pass_env: PassEnv = Field(default_factory=list, description=PASS_ENV_HELP)
 
     @model_validator(mode="after")
     def _check_names(self) -> UnitSpec:

@@ -19,7 +19,7 @@ from flotilla.results import MergeRecord, TestReport, UnitRecord, UnitStatus
 from flotilla.runs import RunContext
 from flotilla.spec import StageSpec, UnitSpec
 from tasks.bisect import BisectResult, bisect_merges, worktree_tester
-from tasks.checks import run_tests
+from tasks.checks import run_tests, test_env
 from tasks.merging import (
     ConflictInfo,
     IntegrationResult,
@@ -265,7 +265,13 @@ def test_gate(ctx: RunContext, commit: str) -> TestReport:
     log_file = Path(ctx.workdir) / "feature" / "gate.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     try:
-        report = run_tests(ctx.request.test or "", cwd=worktree, timeout_s=None, log_file=log_file)
+        report = run_tests(
+            ctx.request.test or "",
+            cwd=worktree,
+            timeout_s=None,
+            env=_gate_env(ctx),
+            log_file=log_file,
+        )
     finally:
         workspace.remove_worktree(worktree)
     runs.store.write_json(runs.feature_tests_key, report)
@@ -279,9 +285,16 @@ def bisect_gate(
 ) -> BisectResult:
     runs = run_store_for(ctx)
     log_file = Path(ctx.workdir) / "feature" / "bisect.log"
-    tester = worktree_tester(workspace_for(ctx), ctx.request.test or "", log_file=log_file)
+    tester = worktree_tester(
+        workspace_for(ctx), ctx.request.test or "", log_file=log_file, env=_gate_env(ctx)
+    )
     found = bisect_merges(base_commit, merges, tester, last=failed)
     runs.store.write_json(f"{runs.prefix}/feature/bisect.json", found)
     if log_file.exists():
         runs.store.upload_file(f"{runs.prefix}/feature/bisect.log", log_file)
     return found
+
+
+def _gate_env(ctx: RunContext) -> dict[str, str]:
+    """The feature's test gate runs with what `defaults` names, like every unit's tests."""
+    return test_env(ctx.request.defaults.pass_env, ctx.request.defaults.env)

@@ -9,6 +9,7 @@ of spending an attempt.
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import shutil
@@ -19,12 +20,15 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from flotilla.environment import child_env
 from flotilla.errors import AgentError
 from flotilla.rate_limits import (  # noqa: F401 - re-exported for callers of the runner
     RATE_LIMIT_EXIT_CODE,
     detect_rate_limit,
+    limit_message,
     parse_retry_after,
 )
+from flotilla.redaction import redact
 from flotilla.settings import get_settings
 from flotilla.spec import AgentSpec
 from tasks.processes import run_process
@@ -50,6 +54,9 @@ class AgentInvocation(BaseModel):
     iteration: int = 1
     attempt: int = 1
     extra_env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)  # the unit's and defaults' `env:`
+    pass_env: list[str] = Field(default_factory=list)  # the unit's and defaults' `pass_env:`
+    agent_name: str = ""  # how the request names the agent, for logs
 
 
 class CommandLine(BaseModel):
@@ -77,6 +84,7 @@ class AgentOutcome(BaseModel):
     duration_s: float
     output_tail: str
     command: str = ""
+    rate_limit_reason: str = ""
 
     @property
     def ok(self) -> bool:
@@ -220,7 +228,8 @@ def _require_executable(program: str, agent: AgentSpec, env: dict[str, str]) -> 
 
 
 def agent_env(inv: AgentInvocation, agent: AgentSpec) -> dict[str, str]:
-    """The variables an agent gets on top of Flotilla's own environment (the contract)."""
+    """The agent's whole environment, chosen rather than inherited (`flotilla.environment`):
+    the basics, what its preset's CLI reads, what the request names, and the contract."""
     contract = {
         "FLOTILLA_UNIT_ID": inv.unit_id,
         "FLOTILLA_FEATURE_ID": inv.feature_id,
@@ -234,7 +243,13 @@ def agent_env(inv: AgentInvocation, agent: AgentSpec) -> dict[str, str]:
         "FLOTILLA_ITERATION": str(inv.iteration),
         "FLOTILLA_ATTEMPT": str(inv.attempt),
     }
-    return {**agent.env, **contract, **inv.extra_env}
+    return child_env(
+        os.environ,
+        preset=agent.preset,
+        pass_env=[*inv.pass_env, *agent.pass_env],
+        values={**inv.env, **agent.env, **inv.extra_env},
+        contract=contract,
+    )
 
 
 # --- running -----------------------------------------------------------------------------------
@@ -252,8 +267,10 @@ def run_agent(agent: AgentSpec, inv: AgentInvocation) -> AgentOutcome:
     inv.log_file.parent.mkdir(parents=True, exist_ok=True)
     with inv.log_file.open("a", encoding="utf-8") as log:
         log.write(
-            f"--- flotilla: agent for {inv.unit_id}, attempt {inv.attempt}, "
-            f"iteration {inv.iteration}: {command.display()}\n"
+            redact(
+                f"--- flotilla: agent for {inv.unit_id}, attempt {inv.attempt}, "
+                f"iteration {inv.iteration}: {command.display()}\n"
+            )
         )
     start = inv.log_file.stat().st_size  # the agent's own output starts here
     result = run_process(
@@ -264,12 +281,15 @@ def run_agent(agent: AgentSpec, inv: AgentInvocation) -> AgentOutcome:
         timeout_s=inv.timeout_s,
         log_file=inv.log_file,
     )
-    limited, retry_after = False, None
+    limited, retry_after, reason = False, None, ""
     if not result.timed_out:
         output = _read_from(inv.log_file, start) or result.output_tail
         limited, retry_after = detect_rate_limit(
             result.exit_code, output, max_wait_s=get_settings().rate_limit_max_wait_s
         )
+        if limited:
+            said = limit_message(output)
+            reason = f"exit code {result.exit_code}" + (f": {said}" if said else "")
     return AgentOutcome(
         exit_code=result.exit_code,
         timed_out=result.timed_out,
@@ -278,6 +298,7 @@ def run_agent(agent: AgentSpec, inv: AgentInvocation) -> AgentOutcome:
         duration_s=result.duration_s,
         output_tail=result.output_tail,
         command=command.display(),
+        rate_limit_reason=reason,
     )
 
 
@@ -334,6 +355,7 @@ def run_agent_until_done(
                     "rate_limited",
                     f"agent was rate-limited for more than {settings.rate_limit_total_wait_s:.0f}s",
                 )
+            _log_wait(agent, inv, outcome, wait)
             if on_wait:
                 on_wait(wait)
             sleep(wait)
@@ -343,3 +365,32 @@ def run_agent_until_done(
             raise AgentGaveUp("timed_out", f"agent timed out after {inv.timeout_s:g} s")
         tail = "\n".join(outcome.output_tail.splitlines()[-5:])
         raise AgentGaveUp("agent_failed", f"agent exited with code {outcome.exit_code}:\n{tail}")
+
+
+def _log_wait(agent: AgentSpec, inv: AgentInvocation, outcome: AgentOutcome, wait: float) -> None:
+    """A rate-limit wait, at WARNING, in the unit's log and in the Prefect (or Python) log."""
+    kind = agent.preset or "command"
+    name = f"{inv.agent_name!r} ({kind})" if inv.agent_name else kind
+    message = redact(
+        f"agent {name} of unit {inv.unit_id} is rate-limited "
+        f"({outcome.rate_limit_reason or 'a limit message'}); waiting {_seconds(wait)} before "
+        f"running it again (attempt {inv.attempt} is not spent)"
+    )
+    with inv.log_file.open("a", encoding="utf-8") as log:
+        log.write(f"--- flotilla: WARNING: {message}\n")
+    _logger().warning(message)
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run logger inside a flow or task run (so the UI shows it), else Python's."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("flotilla.agents")
+
+
+def _seconds(wait: float) -> str:
+    return f"{wait:.1f}s" if wait < 10 else f"{wait:.0f}s"

@@ -122,6 +122,7 @@ def worktree_tester(
     timeout_s: float | None = None,
     log_file: Path | None = None,
     name: str = "bisect",
+    env: dict[str, str] | None = None,
 ) -> Tester:
     """Run `command` at a commit in a fresh detached worktree, removed afterwards.
 
@@ -136,7 +137,7 @@ def worktree_tester(
             with log_file.open("a", encoding="utf-8") as log:
                 log.write(f"--- flotilla: {name} at {commit}\n")
         try:
-            return run_tests(command, cwd=worktree, timeout_s=timeout_s, log_file=log_file)
+            return run_tests(command, cwd=worktree, timeout_s=timeout_s, env=env, log_file=log_file)
         finally:
             workspace.remove_worktree(worktree)
 

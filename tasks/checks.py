@@ -1,21 +1,27 @@
 """Running a test command and reading its results: JUnit XML when there is some, else pytest's
 summary line, else the exit code alone.
 
-The command runs through bash in the worktree with a hard time limit. A `{junit}` placeholder
-becomes a report path outside the worktree, so a report never ends up in a unit's commit.
+The command runs through bash in the worktree with a hard time limit, in an environment chosen
+like an agent's (the basics and what the request names, see `test_env`), never Flotilla's own.
+A `{junit}` placeholder becomes a report path outside the worktree, so a report never ends up in
+a unit's commit.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
 import tempfile
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from flotilla.environment import child_env
+from flotilla.redaction import redact
 from flotilla.results import TestReport
 from tasks.processes import run_process
 
@@ -35,6 +41,16 @@ class TestCounts(BaseModel):
     failing_tests: list[str] = Field(default_factory=list)
 
 
+def test_env(
+    pass_env: Iterable[str] = (), values: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """A test command's environment: the basics plus the request's `pass_env` and `env`."""
+    return child_env(os.environ, pass_env=pass_env, values=values)
+
+
+test_env.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
+
+
 def run_tests(
     command: str,
     *,
@@ -43,7 +59,10 @@ def run_tests(
     env: dict[str, str] | None = None,
     log_file: Path | None = None,
 ) -> TestReport:
-    """Run `command` with bash in `cwd` and report what it says about its tests."""
+    """Run `command` with bash in `cwd` and report what it says about its tests.
+
+    `env` is the command's whole environment (`test_env`); without it, only the basics.
+    """
     tmp = Path(tempfile.mkdtemp(prefix="flotilla-junit-")) if JUNIT_PLACEHOLDER in command else None
     try:
         if tmp is not None:
@@ -56,7 +75,7 @@ def run_tests(
         if log_file is not None:
             log_file.parent.mkdir(parents=True, exist_ok=True)
             with log_file.open("a", encoding="utf-8") as log:
-                log.write(f"--- flotilla: tests: {shell}\n")
+                log.write(redact(f"--- flotilla: tests: {shell}\n"))
         result = run_process(shell, cwd=cwd, env=env, timeout_s=timeout_s, log_file=log_file)
         report = TestReport(
             command=command,

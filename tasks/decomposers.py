@@ -184,6 +184,9 @@ def ask(
         timeout_s=agent.timeout_s or ctx.request.defaults.timeout_s,
         attempt=round_,
         extra_env={**workspace.env, "FLOTILLA_PLAN_FILE": str(plan_file)},
+        env=ctx.request.defaults.env,
+        pass_env=ctx.request.defaults.pass_env,
+        agent_name=name,
     )
     start = log_file.stat().st_size if log_file.exists() else 0
     try:

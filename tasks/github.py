@@ -20,6 +20,7 @@ import httpx
 from pydantic import BaseModel, SecretStr
 
 from flotilla.errors import FlotillaError
+from flotilla.redaction import register_secret
 from flotilla.settings import get_settings
 
 API_VERSION = "2022-11-28"
@@ -339,6 +340,7 @@ def resolve_token(repo: str, secret_block: str | None = None) -> SecretStr:
                 f"The Prefect Secret block {secret_block!r} does not hold a token (a non-empty "
                 "string). Save the token itself in it."
             )
+        register_secret(secret.strip())  # never written anywhere, like GITHUB_TOKEN
         return SecretStr(secret.strip())
     token = get_settings().github_token
     if token is None or not token.get_secret_value().strip():
@@ -363,6 +365,7 @@ def git_auth_env(remote: str, api_url: str, token: SecretStr) -> dict[str, str]:
     if host not in (api_host, api_host.removeprefix("api.")):
         return {}
     basic = base64.b64encode(f"x-access-token:{token.get_secret_value()}".encode()).decode()
+    register_secret(basic)  # a git error quoting the header must not show it either
     index = int(os.environ.get("GIT_CONFIG_COUNT") or 0)
     return {
         "GIT_CONFIG_COUNT": str(index + 1),

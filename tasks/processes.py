@@ -1,8 +1,10 @@
-"""Running a child process with a hard time limit that kills its whole process group.
+"""Running a child process with a hard time limit, a chosen environment and redacted output.
 
 Prefect's `timeout_seconds` does not stop a subprocess, so agents and test commands go through
-here: each runs in its own session, its output is streamed to a log file, and at the limit the
-group gets SIGTERM, then SIGKILL.
+here: each runs in its own session under `tasks/reaper.py`, which ends whatever the command
+leaves behind (even what left the session); at the limit the group gets SIGTERM, then SIGKILL.
+The child's environment is exactly the one given (never Flotilla's own), and its output is
+redacted line by line before it reaches the log file or the caller.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -19,8 +22,12 @@ from typing import BinaryIO
 
 from pydantic import BaseModel
 
+from flotilla.environment import basic_env
+from flotilla.redaction import current_redactor
+
 TAIL_LINES = 60
 KILL_GRACE_S = 3.0
+REAPER = Path(__file__).with_name("reaper.py")
 
 
 class ProcessResult(BaseModel):
@@ -41,10 +48,13 @@ def run_process(
 ) -> ProcessResult:
     """Run `command` (argv, or a string for bash) and return its exit code and last lines.
 
-    Output (stdout and stderr interleaved) is appended to `log_file` as it arrives.
+    `env` is the child's whole environment (see `flotilla.environment.child_env`); without
+    one it gets only the basics. Output (stdout and stderr interleaved, secrets redacted) is
+    appended to `log_file` as it arrives.
     """
     argv = ["bash", "-c", command] if isinstance(command, str) else command
-    full_env = {**os.environ, **(env or {})}
+    argv = [sys.executable, "-I", "-S", str(REAPER), "--", *argv]
+    full_env = dict(env) if env is not None else basic_env(os.environ)
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     log = open(log_file, "ab") if log_file else None  # noqa: SIM115 - closed in finally
     started = time.monotonic()
@@ -87,7 +97,9 @@ def run_process(
 
 def _copy_output(proc: subprocess.Popen, tail: deque[str], log: BinaryIO | None) -> None:
     assert proc.stdout is not None
-    for raw in iter(proc.stdout.readline, b""):
+    redactor = current_redactor()
+    for line in iter(proc.stdout.readline, b""):
+        raw = redactor.bytes(line)
         if log:
             log.write(raw)
             log.flush()
@@ -96,7 +108,10 @@ def _copy_output(proc: subprocess.Popen, tail: deque[str], log: BinaryIO | None)
 
 
 def kill_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is still there after a grace period."""
+    """SIGTERM the process group, then SIGKILL whatever is still there after a grace period.
+
+    The reaper at the head of the group ends what left the group when it gets the SIGTERM.
+    """
     try:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
+from flotilla.redaction import redact
 from flotilla.results import MergeRecord, ReworkNote, TestReport, UnitRecord, UnitStatus
 from flotilla.settings import get_settings
 from flotilla.spec import FeatureInfo, PublishSpec
@@ -308,7 +309,7 @@ class GitHubProvider:
         self.client = client
 
     def publish(self, pr: PullRequestInfo) -> PublishedPR:
-        body = fit_body(pr.body, GITHUB_BODY_LIMIT, pr.full_text_url)
+        body = fit_body(redact(pr.body), GITHUB_BODY_LIMIT, pr.full_text_url)  # no secret leaves
         created = False
         found = self.client.find_open_pull(pr.head)
         if found is None:

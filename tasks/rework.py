@@ -19,11 +19,12 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from flotilla.plan import UnitSettings
+from flotilla.redaction import redact
 from flotilla.results import FailureClass, ReworkNote, TestReport, UnitRecord, UnitStatus, utcnow
 from flotilla.runs import RunContext
 from flotilla.spec import UnitSpec
 from tasks.agents import AgentGaveUp, AgentInvocation, run_agent_until_done
-from tasks.checks import run_tests
+from tasks.checks import run_tests, test_env
 from tasks.merging import ConflictInfo, commit_tree, run_git, tree_of
 from tasks.store import RunStore
 from tasks.units import feedback, run_store_for, unit_prompt, workspace_for
@@ -150,6 +151,9 @@ def _attempt(
             timeout_s=settings.timeout_s,
             attempt=record.attempts,
             extra_env=workspace.env,
+            env=settings.env,
+            pass_env=settings.pass_env,
+            agent_name=settings.agent_name,
         )
         tests: TestReport | None = None
         failing: TestReport | None = None
@@ -171,7 +175,7 @@ def _attempt(
             )
         written = local / "summary.md"
         summary = written.read_text().strip() if written.exists() else ""
-        summary = summary or job.record.summary
+        summary = redact(summary or job.record.summary)  # a commit message and the PR
         message = (
             f"{unit.display_title}\n\n{summary}\n\nFlotilla-Unit: {unit.id}\n"
             f"{REWORK_TRAILER}: {job.reason}\n"
@@ -230,12 +234,23 @@ def _check(
     timeout = job.settings.timeout_s
     if job.settings.test:
         unit_tests = run_tests(
-            job.settings.test, cwd=worktree, timeout_s=timeout, log_file=log_file
+            job.settings.test,
+            cwd=worktree,
+            timeout_s=timeout,
+            env=test_env(job.settings.pass_env, job.settings.env),
+            log_file=log_file,
         )
         if not unit_tests.ok:
             return unit_tests, unit_tests
     if job.gate_test:
-        gate = run_tests(job.gate_test, cwd=worktree, timeout_s=None, log_file=log_file)
+        defaults = job.ctx.request.defaults
+        gate = run_tests(
+            job.gate_test,
+            cwd=worktree,
+            timeout_s=None,
+            env=test_env(defaults.pass_env, defaults.env),
+            log_file=log_file,
+        )
         if not gate.ok:
             return unit_tests, gate
     return unit_tests, None

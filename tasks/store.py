@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import to_json
 
 from flotilla.errors import RunError
+from flotilla.redaction import redact_bytes
 from flotilla.results import UnitRecord
 from flotilla.settings import get_settings
 
@@ -31,6 +32,7 @@ M = TypeVar("M", bound=BaseModel)
 DEFAULT_STORE = "./.flotilla/store"
 _TMP_MARK = ".flotilla-tmp-"  # temp files of in-flight local writes; never listed
 _S3_SINGLE_PUT_LIMIT = 5 * 2**30  # pipe_file uses one PUT below twice its chunk size
+_REDACT_UPLOADS_UP_TO = 64 * 2**20  # files up to this size are redacted on upload
 
 
 class StoreKeyError(RunError, ValueError):
@@ -149,8 +151,12 @@ class ArtifactStore:
     # -- writing ----------------------------------------------------------------------------
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        """Write atomically: a temp file and os.replace locally, a single PUT on S3."""
+        """Write atomically: a temp file and os.replace locally, a single PUT on S3.
+
+        Known secrets in `data` are written as `***` (flotilla.redaction).
+        """
         path = self._path(check_key(key))
+        data = redact_bytes(data)
         try:
             if self._local:
                 _replace_with(Path(path), lambda tmp: tmp.write_bytes(data))
@@ -205,6 +211,10 @@ class ArtifactStore:
         local = Path(local)
         if not local.is_file():
             raise RunError(f"Cannot upload {local} to {self.uri(key)}: it is not a file.")
+        if local.stat().st_size <= _REDACT_UPLOADS_UP_TO:  # secrets are hidden here too
+            data = local.read_bytes()
+            if redact_bytes(data) != data:
+                return self.write_bytes(key, data)
         path = self._path(check_key(key))
         try:
             if self._local:

@@ -17,11 +17,12 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from flotilla.plan import UnitSettings
+from flotilla.redaction import redact
 from flotilla.results import FailureClass, TestReport, UnitRecord, UnitStatus, utcnow
 from flotilla.runs import RunContext
 from flotilla.spec import UnitSpec
 from tasks.agents import AgentGaveUp, AgentInvocation, AgentOutcome, run_agent_until_done
-from tasks.checks import run_tests
+from tasks.checks import run_tests, test_env
 from tasks.control import proposals_key
 from tasks.reporting import note_unit, publish_unit_report
 from tasks.stats import record_duration
@@ -166,6 +167,9 @@ class UnitRunner:
             timeout_s=self.job.settings.timeout_s,
             attempt=attempt,
             extra_env=self.workspace.env,  # agents that commit need an identity too
+            env=self.job.settings.env,
+            pass_env=self.job.settings.pass_env,
+            agent_name=self.job.settings.agent_name,
         )
         tests: TestReport | None = None
         for iteration in range(1, self.job.settings.max_iterations + 1):
@@ -275,8 +279,13 @@ def step_tests(runner: UnitRunner, worktree: Path, log_file: Path) -> TestReport
     if not command:
         return None
     runner.save(step="tests")
+    settings = runner.job.settings
     report = run_tests(
-        command, cwd=worktree, timeout_s=runner.job.settings.timeout_s, log_file=log_file
+        command,
+        cwd=worktree,
+        timeout_s=settings.timeout_s,
+        env=test_env(settings.pass_env, settings.env),
+        log_file=log_file,
     )
     runner.runs.store.write_json(runner.runs.unit_tests_key(runner.unit.id), report)
     return report
@@ -286,6 +295,7 @@ def step_tests(runner: UnitRunner, worktree: Path, log_file: Path) -> TestReport
 def step_commit(runner: UnitRunner, worktree: Path, summary_file: Path) -> str:
     runner.save(step="commit")
     summary = summary_file.read_text().strip() if summary_file.exists() else ""
+    summary = redact(summary)  # it goes into a commit message, the ledger and the PR
     message = f"{runner.unit.display_title}\n\n{summary}\n\nFlotilla-Unit: {runner.unit.id}\n"
     sha = runner.workspace.commit_all(worktree, message)
     files = runner.workspace.changed_files(runner.record.start_commit, sha)

@@ -63,6 +63,7 @@ def inv(tmp_path: Path) -> AgentInvocation:
         timeout_s=20,
         iteration=2,
         attempt=3,
+        pass_env=["FAKE_*"],  # the fake CLIs' settings; nothing is inherited unnamed
     )
 
 
@@ -225,9 +226,14 @@ def test_command_agent_gets_quoted_placeholders_and_the_env_contract(
     )
     agent = AgentSpec(
         command="bash {request_dir}/agent.sh {unit} {feature} {prompt_file} {worktree}",
-        env={"AGENT_ENV_VAR": "from-agent", "FLOTILLA_UNIT_ID": "cannot-override"},
+        env={"AGENT_ENV_VAR": "from-agent"},
     )
-    inv = inv.model_copy(update={"extra_env": {"EXTRA_ENV_VAR": "from-caller"}})
+    inv = inv.model_copy(
+        update={
+            "extra_env": {"EXTRA_ENV_VAR": "from-caller"},
+            "env": {"FLOTILLA_UNIT_ID": "cannot-override"},
+        }
+    )
     outcome = run_agent(agent, inv)
     assert outcome.ok, outcome.output_tail
     out = inv.outputs_dir
@@ -251,7 +257,7 @@ def test_command_agent_gets_quoted_placeholders_and_the_env_contract(
         "FLOTILLA_PROMPT_FILE": str(inv.prompt_file),
         "FLOTILLA_REQUEST_DIR": str(inv.request_dir),
         "FLOTILLA_SUMMARY_FILE": str(inv.summary_file),
-        "FLOTILLA_UNIT_ID": "add-greeting",  # the agent's env cannot override the contract
+        "FLOTILLA_UNIT_ID": "add-greeting",  # the request's env cannot override the contract
         "FLOTILLA_WORKTREE": str(inv.worktree),
     }
     assert {k: v for k, v in env.items() if k in expected} == expected
