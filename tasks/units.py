@@ -16,15 +16,18 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
+from flotilla.budget import Spend, minutes_left, spent
 from flotilla.plan import UnitSettings
 from flotilla.results import FailureClass, TestReport, UnitRecord, UnitStatus, utcnow
 from flotilla.runs import RunContext
 from flotilla.spec import UnitSpec
+from flotilla.usage import AttemptUsage, Usage
 from tasks.agents import AgentGaveUp, AgentInvocation, AgentOutcome, run_agent_until_done
 from tasks.checks import run_tests
 from tasks.control import proposals_key
 from tasks.reporting import note_unit, publish_unit_report
-from tasks.stats import record_duration
+from tasks.spending import run_budget_spent
+from tasks.stats import record_duration, record_usage
 from tasks.store import ArtifactStore, RunStore
 from tasks.workspace import Workspace, identity_env
 
@@ -88,7 +91,50 @@ class UnitRunner:
             fingerprint=job.fingerprint,
             branch=job.ctx.unit_branch(self.unit.id),
             base_commit=job.base_commit,
+            usage=self._earlier_usage(),
         )
+
+    def _earlier_usage(self) -> list[AttemptUsage]:
+        """What this unit spent before a crash, pause or retry: spend is counted once, and kept."""
+        previous = self.runs.read_record(self.unit.id)
+        return list(previous.usage) if previous is not None else []
+
+    def add_usage(self, usage: Usage) -> None:
+        """Add one agent call's usage to the current attempt in the ledger."""
+        entries = list(self.record.usage)
+        last = entries[-1]
+        entries[-1] = last.model_copy(update={"usage": last.usage + usage})
+        self.save(usage=entries)
+
+    def check_budget(self, attempt: int, iteration: int) -> None:
+        """Before an agent call: the unit's own budget, then the run's (a new attempt never
+        starts on a spent run budget; with `hard: true` no further call does either)."""
+        budget = self.unit.budget or self.ctx.request.defaults.budget
+        reached = spent(budget, Spend.of_usage(self.record.total_usage))
+        if reached:
+            raise AttemptFailed(
+                FailureClass.BUDGET, f"unit budget spent ({'; '.join(reached)}); not retried"
+            )
+        if attempt == 1 and iteration == 1:
+            return  # the scheduler checked the run's budget before it started the unit
+        run_budget, reached = run_budget_spent(self.runs, self.ctx)
+        if reached and (iteration == 1 or (run_budget is not None and run_budget.hard)):
+            raise AttemptFailed(
+                FailureClass.BUDGET,
+                f"run budget spent ({'; '.join(reached)}); "
+                + (
+                    "stopped, partial work kept on the branch"
+                    if iteration > 1
+                    else "no new attempt"
+                ),
+            )
+
+    def agent_timeout(self) -> float:
+        """The unit's time limit, cut to the agent minutes its budget has left."""
+        budget = self.unit.budget or self.ctx.request.defaults.budget
+        left = minutes_left(budget, Spend.of_usage(self.record.total_usage))
+        limit = self.job.settings.timeout_s
+        return limit if left is None else max(min(limit, left * 60), 1.0)
 
     def save(self, **changes) -> None:
         for name, value in changes.items():
@@ -123,6 +169,15 @@ class UnitRunner:
                 duration_s=time.monotonic() - started,
             )
             record_duration(self.runs.store, self.job.settings.resources, self.record.duration_s)
+            record_usage(
+                self.runs.store,
+                self.job.settings.agent_name,
+                self.job.settings.agent.model or "",
+                self.job.settings.resources,
+                len(self.prompt_text()),
+                self.record.total_usage,
+                self.record.duration_s,
+            )
             return self.record
         self.save(
             status=UnitStatus.FAILED,
@@ -141,6 +196,7 @@ class UnitRunner:
             (local / sub).mkdir(parents=True)
         log_file = local / "agent.log"
         log_file.touch()
+        self.save(usage=[*self.record.usage, AttemptUsage(attempt=attempt)])
         try:
             self._attempt(attempt, local, log_file)
         finally:
@@ -166,11 +222,22 @@ class UnitRunner:
             timeout_s=self.job.settings.timeout_s,
             attempt=attempt,
             extra_env=self.workspace.env,  # agents that commit need an identity too
+            usage_file=local / "usage.json",
         )
         tests: TestReport | None = None
         for iteration in range(1, self.job.settings.max_iterations + 1):
             self.save(iterations=iteration)
-            invocation = invocation.model_copy(update={"iteration": iteration})
+            try:
+                self.check_budget(attempt, iteration)
+            except AttemptFailed as over:
+                if iteration > 1:  # keep what the agent did so far on the unit's branch
+                    self.workspace.commit_all(
+                        worktree, f"{self.unit.display_title} (partial)\n\n{over}\n"
+                    )
+                raise
+            invocation = invocation.model_copy(
+                update={"iteration": iteration, "timeout_s": self.agent_timeout()}
+            )
             name = f"agent-iteration-{iteration}"
             step_agent.with_options(name=name, task_run_name=name)(self, invocation)
             tests = step_tests.with_options(name="tests")(self, worktree, log_file)
@@ -264,9 +331,12 @@ def step_agent(runner: UnitRunner, invocation: AgentInvocation) -> AgentOutcome:
         runner.save(step=f"rate-limited, waiting {seconds:.0f}s (no attempt spent)")
 
     try:
-        return run_agent_until_done(runner.job.settings.agent, invocation, on_wait=waiting)
+        outcome = run_agent_until_done(runner.job.settings.agent, invocation, on_wait=waiting)
     except AgentGaveUp as gave_up:
+        runner.add_usage(gave_up.usage)
         raise AttemptFailed(FailureClass(gave_up.failure), str(gave_up)) from None
+    runner.add_usage(outcome.usage)
+    return outcome
 
 
 @task(persist_result=False, cache_policy=NO_CACHE)
