@@ -29,11 +29,11 @@ def counted(inv: AgentInvocation, monkeypatch: pytest.MonkeyPatch) -> AgentInvoc
 
 
 def run_preset(
-    preset: str, model: str | None, inv: AgentInvocation, bin_dir: Path, monkeypatch
+    preset: str, model: str | None, invocation: AgentInvocation, bin_dir: Path, monkeypatch
 ) -> object:
     install_fake(bin_dir, preset)
     monkeypatch.setenv("FAKE_OUTPUT", cli_results.printed(preset))
-    outcome = run_agent(AgentSpec(preset=preset, model=model), inv)
+    outcome = run_agent(AgentSpec(preset=preset, model=model), invocation)
     assert outcome.ok, outcome.output_tail
     return outcome
 
