@@ -16,6 +16,7 @@ from statistics import median
 from pydantic import BaseModel
 
 from flotilla.plan import Plan
+from flotilla.spec import FeatureRequest, UnitSpec
 from flotilla.usage import format_usd
 
 MIN_SAMPLES_FOR_RANGE = 3
@@ -81,6 +82,12 @@ class RunEstimate(BaseModel):
             for agent in self.no_history
         ]
         return out
+
+
+def prompt_size(request: FeatureRequest, unit: UnitSpec) -> int:
+    """The size of a unit's task in characters: what scales an estimate from its history."""
+    feature = request.feature
+    return len(unit.prompt or unit.display_title) + len(feature.title) + len(feature.description)
 
 
 def agent_label(agent_name: str, model: str | None) -> str:

@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from flotilla.budget import Spend, minutes_left, spent
+from flotilla.estimate import prompt_size
 from flotilla.plan import UnitSettings
 from flotilla.results import FailureClass, TestReport, UnitRecord, UnitStatus, utcnow
 from flotilla.runs import RunContext
@@ -174,7 +175,7 @@ class UnitRunner:
                 self.job.settings.agent_name,
                 self.job.settings.agent.model or "",
                 self.job.settings.resources,
-                len(self.prompt_text()),
+                prompt_size(self.ctx.request, self.unit),
                 self.record.total_usage,
                 self.record.duration_s,
             )
