@@ -76,7 +76,7 @@ class RunEstimate(BaseModel):
             )
         counted = [u for u in self.units if u.cost is not None]
         if counted and self.no_history:
-            out.append(f"  from {len(counted)} of {len(self.units)} unit(s); the others unknown")
+            out.append(f"From {len(counted)} of {len(self.units)} unit(s); the others unknown")
         out += [
             f"No history for agent {agent}: its units are not in the estimate."
             for agent in self.no_history

@@ -375,9 +375,14 @@ PARSERS: dict[str, Callable[[str], Parsed]] = {
 def format_usd(value: float | None, estimated: bool = False) -> str:
     if value is None:
         return "-"
-    text = f"${value:.2f}" if value >= 0.995 or value == 0 else f"${value:.3f}"
     if value >= 100:
         text = f"${value:,.0f}"
+    elif value >= 0.1 or value == 0:
+        text = f"${value:.2f}"
+    elif value >= 0.01:
+        text = f"${value:.3f}"
+    else:
+        text = f"${value:.4f}"
     return ("~" if estimated else "") + text
 
 
