@@ -24,7 +24,7 @@ from flotilla.spec import UnitSpec
 from tasks.checkpoints import CheckpointWriter
 from tasks.control import load_added, pause_requested, proposals_key, save_added
 from tasks.reporting import TICK_S, publish_unit_table, start_run_report
-from tasks.spending import budget_pause_message, run_budget_spent
+from tasks.spending import budget_pause_message, clear_stop, request_stop, run_budget_spent
 from tasks.stats import typical_durations
 from tasks.units import UnitJob, run_store_for, run_unit, workspace_for
 
@@ -92,6 +92,7 @@ class UnitLoop:
         self.checkpoints = CheckpointWriter(ctx, self.runs, self.workspace)
         self.pause_seen = False
         self.budget_note = ""  # set once the run's budget is spent: no unit starts after
+        clear_stop(self.runs)  # a hard budget's stop from an earlier run must not stop this one
         self._mark_pending(list(self.plan.units))
 
     # -- the plan --------------------------------------------------------------------------
@@ -132,9 +133,11 @@ class UnitLoop:
     def budget_spent(self) -> bool:
         """True once the run's budget is spent (read from the ledger): no unit starts after."""
         if not self.budget_note:
-            _, reached = run_budget_spent(self.runs, self.ctx)
+            budget, reached = run_budget_spent(self.runs, self.ctx)
             if reached:
                 self.budget_note = budget_pause_message(self.ctx.run_key, reached)
+                if budget is not None and budget.hard:
+                    request_stop(self.runs, self.budget_note)  # units in flight stop too
                 self.logger.warning(
                     "%s (%d unit(s) in flight finish)", self.budget_note, len(self.running)
                 )
@@ -226,6 +229,7 @@ class UnitLoop:
             self.runs.write_record(record)
         self.records[unit_id], self.status[unit_id] = record, record.status
         self.logger.info("Unit %s %s.", unit_id, record.status.value)
+        self.budget_spent()  # its spend may have used up the run's budget
         if record.status == UnitStatus.SUCCEEDED:
             self.take_proposals(unit_id)
         self.checkpoint(f"unit {unit_id} {record.status.value}")

@@ -252,7 +252,9 @@ def agent_env(inv: AgentInvocation, agent: AgentSpec) -> dict[str, str]:
 # --- running -----------------------------------------------------------------------------------
 
 
-def run_agent(agent: AgentSpec, inv: AgentInvocation) -> AgentOutcome:
+def run_agent(
+    agent: AgentSpec, inv: AgentInvocation, stop: Callable[[], bool] | None = None
+) -> AgentOutcome:
     """Run the agent once in its worktree with a hard time limit; never raises on its exit."""
     if not inv.worktree.is_dir():
         raise AgentError(
@@ -277,6 +279,7 @@ def run_agent(agent: AgentSpec, inv: AgentInvocation) -> AgentOutcome:
         stdin=command.stdin,
         timeout_s=inv.timeout_s,
         log_file=inv.log_file,
+        stop=stop,
     )
     limited, retry_after = False, None
     if not result.timed_out:
@@ -369,6 +372,7 @@ def run_agent_until_done(
     *,
     on_wait: Callable[[float], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    stop: Callable[[], bool] | None = None,
 ) -> AgentOutcome:
     """Run the agent; wait out rate limits (they cost no attempt); raise AgentGaveUp otherwise.
 
@@ -379,7 +383,7 @@ def run_agent_until_done(
     spent = Usage()  # every call counts, the rate-limited ones too
     while True:
         try:
-            outcome = run_agent(agent, inv)
+            outcome = run_agent(agent, inv, stop)
         except AgentError as exc:
             raise AgentGaveUp("error", str(exc), spent) from None
         spent = spent + outcome.usage

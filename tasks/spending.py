@@ -56,3 +56,20 @@ def budget_pause_message(run_key: str, reached: list[str]) -> str:
     return (
         f"paused: budget spent ({'; '.join(reached)}); `flotilla resume {run_key} {flag}` to go on"
     )
+
+
+def stop_key(runs: RunStore) -> str:
+    """Written when a hard run budget is spent: the units in flight stop their agents."""
+    return f"{runs.prefix}/control/budget-stop.json"
+
+
+def request_stop(runs: RunStore, note: str) -> None:
+    runs.store.write_json(stop_key(runs), {"reason": note})
+
+
+def clear_stop(runs: RunStore) -> None:
+    runs.store.delete(stop_key(runs))
+
+
+def stop_requested(runs: RunStore) -> bool:
+    return runs.store.exists(stop_key(runs))

@@ -27,7 +27,7 @@ from tasks.agents import AgentGaveUp, AgentInvocation, AgentOutcome, run_agent_u
 from tasks.checks import run_tests
 from tasks.control import proposals_key
 from tasks.reporting import note_unit, publish_unit_report
-from tasks.spending import run_budget_spent
+from tasks.spending import run_budget, run_budget_spent, stop_requested
 from tasks.stats import record_duration, record_usage
 from tasks.store import ArtifactStore, RunStore
 from tasks.workspace import Workspace, identity_env
@@ -118,8 +118,8 @@ class UnitRunner:
             )
         if attempt == 1 and iteration == 1:
             return  # the scheduler checked the run's budget before it started the unit
-        run_budget, reached = run_budget_spent(self.runs, self.ctx)
-        if reached and (iteration == 1 or (run_budget is not None and run_budget.hard)):
+        budget_now, reached = run_budget_spent(self.runs, self.ctx)
+        if reached and (iteration == 1 or (budget_now is not None and budget_now.hard)):
             raise AttemptFailed(
                 FailureClass.BUDGET,
                 f"run budget spent ({'; '.join(reached)}); "
@@ -129,6 +129,26 @@ class UnitRunner:
                     else "no new attempt"
                 ),
             )
+
+    def stop_check(self):
+        """For a hard run budget: the check that stops this unit's agent once it is spent."""
+        budget = run_budget(self.runs, self.ctx)
+        if budget is None or not budget.hard:
+            return None
+        return lambda: stop_requested(self.runs)
+
+    def stopped_by_budget(self, worktree: Path, failed: AttemptFailed) -> AttemptFailed:
+        """A hard budget stopped the agent: keep its partial work on the branch, fail `budget`."""
+        if self.stop_check() is None or not stop_requested(self.runs):
+            return failed
+        sha = self.workspace.commit_all(
+            worktree, f"{self.unit.display_title} (partial: stopped by the run's budget)\n"
+        )
+        return AttemptFailed(
+            FailureClass.BUDGET,
+            f"run budget spent: agent stopped, partial work kept on {self.record.branch} "
+            f"at {sha[:12]}",
+        )
 
     def agent_timeout(self) -> float:
         """The unit's time limit, cut to the agent minutes its budget has left."""
@@ -240,7 +260,10 @@ class UnitRunner:
                 update={"iteration": iteration, "timeout_s": self.agent_timeout()}
             )
             name = f"agent-iteration-{iteration}"
-            step_agent.with_options(name=name, task_run_name=name)(self, invocation)
+            try:
+                step_agent.with_options(name=name, task_run_name=name)(self, invocation)
+            except AttemptFailed as failed:
+                raise self.stopped_by_budget(worktree, failed) from None
             tests = step_tests.with_options(name="tests")(self, worktree, log_file)
             self.save(tests=tests)
             if tests is None or tests.ok:
@@ -332,7 +355,9 @@ def step_agent(runner: UnitRunner, invocation: AgentInvocation) -> AgentOutcome:
         runner.save(step=f"rate-limited, waiting {seconds:.0f}s (no attempt spent)")
 
     try:
-        outcome = run_agent_until_done(runner.job.settings.agent, invocation, on_wait=waiting)
+        outcome = run_agent_until_done(
+            runner.job.settings.agent, invocation, on_wait=waiting, stop=runner.stop_check()
+        )
     except AgentGaveUp as gave_up:
         runner.add_usage(gave_up.usage)
         raise AttemptFailed(FailureClass(gave_up.failure), str(gave_up)) from None

@@ -158,3 +158,36 @@ def test_plan_estimates_from_history_and_max_usd_refuses_to_start(tmp_path, caps
     err = capsys.readouterr().err
     assert "Not started: even the low end of the estimate" in err and "--max-usd $0.50" in err
     assert not ArtifactStore(store).list("runs/too-dear")
+
+
+def test_a_hard_run_budget_stops_units_in_flight_and_keeps_their_partial_work(tmp_path, capsys):
+    from tasks.lifecycle import load_context
+    from tasks.merging import run_git
+    from tasks.units import workspace_for
+
+    target = make_target(tmp_path / "target")
+    markers, store = tmp_path / "markers", str(tmp_path / "store")
+    once = tmp_path / "slow-started"
+    slow = (
+        f"if [ ! -e {once} ]; then touch {once}; echo half > partial.txt; sleep 120; fi; "
+        "echo whole > slow.txt"
+    )
+    units = [{"id": "dear"}, {"id": "slow", "agent": {"command": slow}}]
+    request = paying_request(tmp_path, units, markers, budget={"usd": 0.3, "hard": True})
+    args = run_args(request, target, store, tmp_path / "work", "hard")
+
+    assert cli(*args) == 3
+
+    assert "paused: budget spent ($0.40 of $0.30)" in capsys.readouterr().out
+    ledger = RunStore(ArtifactStore(store), "hard").read_ledger()
+    stopped = ledger["slow"]
+    assert stopped.status == UnitStatus.FAILED and stopped.failure_class == FailureClass.BUDGET
+    assert "agent stopped, partial work kept on flotilla/durable--slow" in stopped.error
+    workspace = workspace_for(load_context("hard", store))
+    tip = run_git(workspace.clone_dir, "show", "--name-only", "--format=%s", stopped.branch)
+    assert "partial.txt" in tip.stdout and "stopped by the run's budget" in tip.stdout
+
+    assert cli("resume", "hard", "--store", store, "--budget-usd", "5") == 0
+    ledger = RunStore(ArtifactStore(store), "hard").read_ledger()
+    assert ledger["slow"].status == UnitStatus.SUCCEEDED
+    assert invocations(markers) == {"dear": 1}
