@@ -146,12 +146,16 @@ class UnitRecord(BaseModel):
     def total_usage(self) -> Usage:
         return Usage.total(a.usage for a in self.usage)
 
+    def _cost(self) -> str:
+        total = self.total_usage
+        return total.cost_text() if total.cost_usd is not None else ""
+
     def line(self) -> str:
         """One line for the end-of-run summary."""
         tail = f" - {self.error.splitlines()[0]}" if self.error else ""
         return (
             f"{self.unit_id:<24} {self.status.value:<10} attempts={self.attempts} "
-            f"{self.duration_s:6.1f}s {self.total_usage.cost_text():>7}{tail}"
+            f"{self.duration_s:6.1f}s {self._cost():>7}{tail}"
         )
 
 
