@@ -191,3 +191,22 @@ def test_a_hard_run_budget_stops_units_in_flight_and_keeps_their_partial_work(tm
     ledger = RunStore(ArtifactStore(store), "hard").read_ledger()
     assert ledger["slow"].status == UnitStatus.SUCCEEDED
     assert invocations(markers) == {"dear": 1}
+
+
+def test_spend_survives_a_retry_and_is_counted_once(tmp_path, capsys):
+    target = make_target(tmp_path / "target")
+    markers, store = tmp_path / "markers", str(tmp_path / "store")
+    ready = tmp_path / "ready"
+    request = paying_request(tmp_path, [{"id": "flaky"}], markers)
+    spec = yaml.safe_load(request.read_text())
+    spec["agents"]["paying"]["env"]["FAIL_UNLESS"] = str(ready)
+    request.write_text(yaml.safe_dump(spec))
+    assert cli(*run_args(request, target, store, tmp_path / "work", "again")) == 1
+    ready.touch()
+
+    assert cli("retry", "again", "--store", store) == 0
+
+    flaky = RunStore(ArtifactStore(store), "again").read_ledger()["flaky"]
+    assert flaky.status == UnitStatus.SUCCEEDED
+    assert [a.usage.cost_usd for a in flaky.usage] == [0.4, 0.4]  # the failed run's, then this
+    assert flaky.total_usage.cost_usd == 0.8
