@@ -95,6 +95,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def _raise_budget(args: argparse.Namespace) -> None:
     """Write the raised run budget before the run carries on; it stays for later resumes."""
     from flotilla.budget import Spend, describe, raised
+    from flotilla.usage import format_tokens, format_usd
     from tasks.lifecycle import load_context
     from tasks.spending import run_budget, run_spend, save_run_budget
 
@@ -106,7 +107,8 @@ def _raise_budget(args: argparse.Namespace) -> None:
     spend: Spend = run_spend(runs)
     print(
         f"Run {ctx.run_key}: budget {describe(before)} -> {describe(after)}; spent so far "
-        f"${spend.usd:.2f}, {spend.tokens} tokens, {spend.agent_minutes:.1f} agent minutes.",
+        f"{format_usd(spend.usd, spend.estimated)}, {format_tokens(spend.tokens)} tokens, "
+        f"{spend.agent_minutes:.1f} agent minutes.",
         flush=True,
     )
 

@@ -116,8 +116,7 @@ class UnitRunner:
             raise AttemptFailed(
                 FailureClass.BUDGET, f"unit budget spent ({'; '.join(reached)}); not retried"
             )
-        if attempt == 1 and iteration == 1:
-            return  # the scheduler checked the run's budget before it started the unit
+        # The scheduler checked before submitting, but a unit may wait for its class's slot.
         budget_now, reached = run_budget_spent(self.runs, self.ctx)
         if reached and (iteration == 1 or (budget_now is not None and budget_now.hard)):
             raise AttemptFailed(
@@ -126,6 +125,8 @@ class UnitRunner:
                 + (
                     "stopped, partial work kept on the branch"
                     if iteration > 1
+                    else "not started"
+                    if attempt == 1
                     else "no new attempt"
                 ),
             )
