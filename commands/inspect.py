@@ -179,10 +179,10 @@ class SpendView:
     """What a run's agents spent, per unit and in all, and the run's budget, from the store."""
 
     def __init__(self, runs, ctx: RunContext, records: dict):
-        from tasks.spending import run_budget
+        from tasks.spending import other_usage, run_budget
 
         self.records = records
-        self.total = Usage.total(r.total_usage for r in records.values())
+        self.total = Usage.total(r.total_usage for r in records.values()) + other_usage(runs)
         self.budget = run_budget(runs, ctx)
 
     def unit_cost(self, unit_id: str) -> str:
@@ -280,6 +280,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 @_reads_store
 def cmd_runs(args: argparse.Namespace) -> int:
+    from tasks.spending import other_usage
     from tasks.store import RunStore, list_runs
 
     store = _open_store(args.store)
@@ -295,7 +296,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         if summary.state == RunState.RUNNING:  # the summary is written at start and end only
             done = sum(r.status == UnitStatus.SUCCEEDED for r in ledger.values())
             total = max(total, len(ledger))
-        usage = Usage.total(r.total_usage for r in ledger.values())
+        usage = Usage.total(r.total_usage for r in ledger.values()) + other_usage(runs)
         end = summary.finished_at or utcnow()
         rows.append(
             {

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from flotilla.results import UnitRecord
 from flotilla.spec import Budget
-from flotilla.usage import Usage, format_tokens, format_usd
+from flotilla.usage import AttemptUsage, Usage, format_tokens, format_usd
 
 
 class Spend(BaseModel):
@@ -36,6 +36,16 @@ class Spend(BaseModel):
     @classmethod
     def of_records(cls, records: Iterable[UnitRecord]) -> Spend:
         return cls.of_usage(Usage.total(r.total_usage for r in records))
+
+
+def add_attempt_usage(record: UnitRecord, attempt: int, usage: Usage) -> None:
+    """Add one agent call's usage to `record`'s entry for `attempt` (made if it is not the
+    last one yet)."""
+    entries = list(record.usage)
+    if not entries or entries[-1].attempt != attempt:
+        entries.append(AttemptUsage(attempt=attempt))
+    entries[-1] = entries[-1].model_copy(update={"usage": entries[-1].usage + usage})
+    record.usage = entries
 
 
 def spent(budget: Budget | None, spend: Spend) -> list[str]:

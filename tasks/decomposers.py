@@ -21,6 +21,8 @@ from flotilla.runs import RunContext
 from flotilla.spec import AgentSpec, FeatureRequest, UnitSpec
 from tasks.agents import AgentGaveUp, AgentInvocation, run_agent_until_done
 from tasks.merging import git_out
+from tasks.spending import add_other_usage
+from tasks.store import ArtifactStore, RunStore
 from tasks.workspace import Workspace
 
 PLANNER_ID = "plan"
@@ -184,12 +186,16 @@ def ask(
         timeout_s=agent.timeout_s or ctx.request.defaults.timeout_s,
         attempt=round_,
         extra_env={**workspace.env, "FLOTILLA_PLAN_FILE": str(plan_file)},
+        usage_file=local / "usage.json",
     )
     start = log_file.stat().st_size if log_file.exists() else 0
+    runs = RunStore(ArtifactStore(ctx.store_url), ctx.run_key)
     try:
-        run_agent_until_done(agent, invocation)  # rate limits are waited out, not counted
+        outcome = run_agent_until_done(agent, invocation)  # rate limits are waited out
+        add_other_usage(runs, "decompose", outcome.usage)  # the run's budget counts it too
         failure = ""
     except AgentGaveUp as exc:
+        add_other_usage(runs, "decompose", exc.usage)
         if exc.failure in ("error", "rate_limited"):
             raise DecomposeFailed(f"The decomposer agent {name!r} gave up: {exc}") from exc
         failure = f"({exc.args[0].splitlines()[0]})\n"  # timed out or failed: a rejected round

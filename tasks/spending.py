@@ -10,6 +10,7 @@ from __future__ import annotations
 from flotilla.budget import Spend, spent
 from flotilla.runs import RunContext
 from flotilla.spec import Budget
+from flotilla.usage import Usage
 from tasks.store import RunStore
 
 
@@ -33,8 +34,34 @@ def save_run_budget(runs: RunStore, budget: Budget | None) -> None:
 
 
 def run_spend(runs: RunStore) -> Spend:
-    """What every agent of the run has spent so far, from the ledger."""
-    return Spend.of_records(runs.read_ledger().values())
+    """What every agent of the run has spent so far: the units' (from the ledger) and the
+    planner's."""
+    units = Usage.total(r.total_usage for r in runs.read_ledger().values())
+    return Spend.of_usage(units + other_usage(runs))
+
+
+def other_key(runs: RunStore, name: str) -> str:
+    """Spend of agents that are not a unit's (the llm decomposer's planner)."""
+    return f"{runs.prefix}/spend/{name}.json"
+
+
+def add_other_usage(runs: RunStore, name: str, usage: Usage) -> None:
+    key = other_key(runs, name)
+    try:
+        before = runs.store.read_model(key, Usage)
+    except KeyError:
+        before = Usage()
+    runs.store.write_json(key, before + usage)
+
+
+def other_usage(runs: RunStore) -> Usage:
+    total = Usage()
+    for key in runs.store.list(f"{runs.prefix}/spend"):
+        try:
+            total = total + runs.store.read_model(key, Usage)
+        except (KeyError, ValueError):
+            continue
+    return total
 
 
 def run_budget_spent(runs: RunStore, ctx: RunContext) -> tuple[Budget | None, list[str]]:
