@@ -7,9 +7,11 @@ The request's `budget:` is the run's first budget; `flotilla resume KEY --budget
 
 from __future__ import annotations
 
-from flotilla.budget import Spend, spent
+from collections.abc import Callable
+
+from flotilla.budget import Spend, minutes_left, spent
 from flotilla.runs import RunContext
-from flotilla.spec import Budget
+from flotilla.spec import Budget, UnitSpec
 from flotilla.usage import Usage
 from tasks.store import RunStore
 
@@ -100,3 +102,43 @@ def clear_stop(runs: RunStore) -> None:
 
 def stop_requested(runs: RunStore) -> bool:
     return runs.store.exists(stop_key(runs))
+
+
+class UnitBudget:
+    """One unit's budget (its own, else `defaults.budget`) and the run's, as the work loop asks."""
+
+    def __init__(self, runs: RunStore, ctx: RunContext, unit: UnitSpec):
+        self.runs, self.ctx = runs, ctx
+        self.own = unit.budget or ctx.request.defaults.budget
+
+    def refusal(self, usage: Usage, attempt: int, iteration: int) -> str:
+        """Why the next agent call must not start ("" when it may): the unit's budget is spent;
+        or the run's, for a new attempt (or any call, with `hard: true`). The scheduler checked
+        the run's before submitting, but a unit may have waited for its class's slot since."""
+        reached = spent(self.own, Spend.of_usage(usage))
+        if reached:
+            return f"unit budget spent ({'; '.join(reached)}); not retried"
+        budget, reached = run_budget_spent(self.runs, self.ctx)
+        if not reached or (iteration > 1 and not (budget is not None and budget.hard)):
+            return ""
+        if iteration > 1:
+            what = "stopped, partial work kept on the branch"
+        else:
+            what = "not started" if attempt == 1 else "no new attempt"
+        return f"run budget spent ({'; '.join(reached)}); {what}"
+
+    def stop_check(self) -> Callable[[], bool] | None:
+        """For a hard run budget: the check that stops the unit's agent once it is spent."""
+        budget = run_budget(self.runs, self.ctx)
+        if budget is None or not budget.hard:
+            return None
+        return lambda: stop_requested(self.runs)
+
+    def stopped(self) -> bool:
+        """True when a hard run budget stopped the units in flight."""
+        return self.stop_check() is not None and stop_requested(self.runs)
+
+    def agent_timeout(self, usage: Usage, limit: float) -> float:
+        """`limit`, cut to the agent minutes the unit's budget has left."""
+        left = minutes_left(self.own, Spend.of_usage(usage))
+        return limit if left is None else max(min(limit, left * 60), 1.0)

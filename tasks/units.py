@@ -16,7 +16,6 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from flotilla.budget import Spend, minutes_left, spent
 from flotilla.estimate import prompt_size
 from flotilla.plan import UnitSettings
 from flotilla.results import FailureClass, TestReport, UnitRecord, UnitStatus, utcnow
@@ -27,7 +26,7 @@ from tasks.agents import AgentGaveUp, AgentInvocation, AgentOutcome, run_agent_u
 from tasks.checks import run_tests
 from tasks.control import proposals_key
 from tasks.reporting import note_unit, publish_unit_report
-from tasks.spending import run_budget, run_budget_spent, stop_requested
+from tasks.spending import UnitBudget
 from tasks.stats import record_duration, record_usage
 from tasks.store import ArtifactStore, RunStore
 from tasks.workspace import Workspace, identity_env
@@ -94,6 +93,7 @@ class UnitRunner:
             base_commit=job.base_commit,
             usage=self._earlier_usage(),
         )
+        self.budget = UnitBudget(self.runs, job.ctx, self.unit)
 
     def _earlier_usage(self) -> list[AttemptUsage]:
         """What this unit spent before a crash, pause or retry: spend is counted once, and kept."""
@@ -108,39 +108,14 @@ class UnitRunner:
         self.save(usage=entries)
 
     def check_budget(self, attempt: int, iteration: int) -> None:
-        """Before an agent call: the unit's own budget, then the run's (a new attempt never
-        starts on a spent run budget; with `hard: true` no further call does either)."""
-        budget = self.unit.budget or self.ctx.request.defaults.budget
-        reached = spent(budget, Spend.of_usage(self.record.total_usage))
-        if reached:
-            raise AttemptFailed(
-                FailureClass.BUDGET, f"unit budget spent ({'; '.join(reached)}); not retried"
-            )
-        # The scheduler checked before submitting, but a unit may wait for its class's slot.
-        budget_now, reached = run_budget_spent(self.runs, self.ctx)
-        if reached and (iteration == 1 or (budget_now is not None and budget_now.hard)):
-            raise AttemptFailed(
-                FailureClass.BUDGET,
-                f"run budget spent ({'; '.join(reached)}); "
-                + (
-                    "stopped, partial work kept on the branch"
-                    if iteration > 1
-                    else "not started"
-                    if attempt == 1
-                    else "no new attempt"
-                ),
-            )
-
-    def stop_check(self):
-        """For a hard run budget: the check that stops this unit's agent once it is spent."""
-        budget = run_budget(self.runs, self.ctx)
-        if budget is None or not budget.hard:
-            return None
-        return lambda: stop_requested(self.runs)
+        """Before an agent call: raise AttemptFailed(budget) if a budget says no."""
+        refusal = self.budget.refusal(self.record.total_usage, attempt, iteration)
+        if refusal:
+            raise AttemptFailed(FailureClass.BUDGET, refusal)
 
     def stopped_by_budget(self, worktree: Path, failed: AttemptFailed) -> AttemptFailed:
         """A hard budget stopped the agent: keep its partial work on the branch, fail `budget`."""
-        if self.stop_check() is None or not stop_requested(self.runs):
+        if not self.budget.stopped():
             return failed
         sha = self.workspace.commit_all(
             worktree, f"{self.unit.display_title} (partial: stopped by the run's budget)\n"
@@ -150,13 +125,6 @@ class UnitRunner:
             f"run budget spent: agent stopped, partial work kept on {self.record.branch} "
             f"at {sha[:12]}",
         )
-
-    def agent_timeout(self) -> float:
-        """The unit's time limit, cut to the agent minutes its budget has left."""
-        budget = self.unit.budget or self.ctx.request.defaults.budget
-        left = minutes_left(budget, Spend.of_usage(self.record.total_usage))
-        limit = self.job.settings.timeout_s
-        return limit if left is None else max(min(limit, left * 60), 1.0)
 
     def save(self, **changes) -> None:
         for name, value in changes.items():
@@ -258,7 +226,12 @@ class UnitRunner:
                     )
                 raise
             invocation = invocation.model_copy(
-                update={"iteration": iteration, "timeout_s": self.agent_timeout()}
+                update={
+                    "iteration": iteration,
+                    "timeout_s": self.budget.agent_timeout(
+                        self.record.total_usage, self.job.settings.timeout_s
+                    ),
+                }
             )
             name = f"agent-iteration-{iteration}"
             try:
@@ -357,7 +330,7 @@ def step_agent(runner: UnitRunner, invocation: AgentInvocation) -> AgentOutcome:
 
     try:
         outcome = run_agent_until_done(
-            runner.job.settings.agent, invocation, on_wait=waiting, stop=runner.stop_check()
+            runner.job.settings.agent, invocation, on_wait=waiting, stop=runner.budget.stop_check()
         )
     except AgentGaveUp as gave_up:
         runner.add_usage(gave_up.usage)
