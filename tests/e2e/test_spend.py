@@ -167,13 +167,16 @@ def test_a_hard_run_budget_stops_units_in_flight_and_keeps_their_partial_work(tm
 
     target = make_target(tmp_path / "target")
     markers, store = tmp_path / "markers", str(tmp_path / "store")
-    once = tmp_path / "slow-started"
+    once = tmp_path / "slow-started"  # `dear` finishes (and spends) only once `slow` is at work
     slow = (
-        f"if [ ! -e {once} ]; then touch {once}; echo half > partial.txt; sleep 120; fi; "
+        f"if [ ! -e {once} ]; then echo half > partial.txt; touch {once}; sleep 120; fi; "
         "echo whole > slow.txt"
     )
     units = [{"id": "dear"}, {"id": "slow", "agent": {"command": slow}}]
     request = paying_request(tmp_path, units, markers, budget={"usd": 0.3, "hard": True})
+    spec = yaml.safe_load(request.read_text())
+    spec["agents"]["paying"]["env"]["HOLD_FILE"] = str(once)
+    request.write_text(yaml.safe_dump(spec))
     args = run_args(request, target, store, tmp_path / "work", "hard")
 
     assert cli(*args) == 3
