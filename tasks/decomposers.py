@@ -190,10 +190,11 @@ def ask(
     )
     start = log_file.stat().st_size if log_file.exists() else 0
     runs = RunStore(ArtifactStore(ctx.store_url), ctx.run_key)
+    answer = ""
     try:
         outcome = run_agent_until_done(agent, invocation)  # rate limits are waited out
         add_other_usage(runs, "decompose", outcome.usage)  # the run's budget counts it too
-        failure = ""
+        failure, answer = "", outcome.answer  # a CLI answering in JSON: its final text
     except AgentGaveUp as exc:
         add_other_usage(runs, "decompose", exc.usage)
         if exc.failure in ("error", "rate_limited"):
@@ -201,6 +202,8 @@ def ask(
         failure = f"({exc.args[0].splitlines()[0]})\n"  # timed out or failed: a rejected round
     if plan_file.is_file() and plan_file.read_text().strip():
         return plan_file.read_text()
+    if answer.strip():
+        return answer
     output = log_file.read_bytes()[start:].decode(errors="replace")
     text = "\n".join(line for line in output.splitlines() if not line.startswith("--- flotilla:"))
     return failure + text

@@ -5,9 +5,11 @@ resume that raises it, a unit budget that fails its unit without a retry, and th
 from __future__ import annotations
 
 import json
+import os
 import sys
 from importlib import resources
 
+import pytest
 import yaml
 
 from flotilla.results import FailureClass, RunState, UnitStatus
@@ -15,6 +17,7 @@ from tasks.lifecycle import read_summary
 from tasks.store import ArtifactStore, RunStore
 from tests.e2e.durability_helpers import AGENT, cli, durable_request, invocations, run_args
 from tests.e2e.helpers import make_target
+from tests.fakes import cli_results
 
 CALL = {"input_tokens": 1000, "output_tokens": 200, "cost_usd": 0.4}
 
@@ -213,3 +216,38 @@ def test_spend_survives_a_retry_and_is_counted_once(tmp_path, capsys):
     assert flaky.status == UnitStatus.SUCCEEDED
     assert [a.usage.cost_usd for a in flaky.usage] == [0.4, 0.4]  # the failed run's, then this
     assert flaky.total_usage.cost_usd == 0.8
+
+
+def test_a_planner_on_the_claude_preset_counts_and_its_json_answer_is_the_plan(
+    tmp_path, capsys, monkeypatch
+):
+    """The llm decomposer runs a fake `claude` on PATH that prints claude's documented result
+    object; the plan is read from its `result`, and its cost joins the run's spend."""
+    plan = {"units": [{"id": "alpha", "prompt": "Write alpha."}, {"id": "beta"}]}
+    result = dict(cli_results.CLAUDE, result=f"```json\n{json.dumps(plan)}\n```")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    claude = bin_dir / "claude"
+    claude.write_text(f"#!/bin/sh\ncat > /dev/null\nprintf '%s\\n' '{json.dumps(result)}'\n")
+    claude.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    target = make_target(tmp_path / "target")
+    markers, store = tmp_path / "markers", str(tmp_path / "store")
+    request = paying_request(tmp_path, [], markers)
+    text = resources.files("flotilla").joinpath("default_workflow.yaml").read_text()
+    workflow = yaml.safe_load(text)
+    workflow["workflow"]["stages"][0].update({"mode": "llm", "agent": "claude"})
+    workflow_file = tmp_path / "workflow.yaml"
+    workflow_file.write_text(yaml.safe_dump(workflow))
+
+    args = run_args(request, target, store, tmp_path / "work", "planned")
+    assert cli(*args, "--workflow", str(workflow_file)) == 0
+
+    assert invocations(markers) == {"alpha": 1, "beta": 1}
+    capsys.readouterr()
+    assert cli("status", "planned", "--store", store, "--json") == 0
+    usage = json.loads(capsys.readouterr().out)["usage"]
+    assert usage["cost_usd"] == pytest.approx(
+        cli_results.CLAUDE["total_cost_usd"] + 2 * CALL["cost_usd"]
+    )
+    assert usage["turns"] == cli_results.CLAUDE["num_turns"]
