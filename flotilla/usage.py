@@ -93,9 +93,11 @@ class AttemptUsage(BaseModel):
 class Price(BaseModel):
     """USD per million tokens for one model."""
 
-    input: float = Field(ge=0)
-    output: float = Field(ge=0)
-    cached_input: float | None = Field(None, ge=0, description="defaults to `input`")
+    input: float = Field(ge=0, description="Input tokens read fresh.")
+    output: float = Field(ge=0, description="Output tokens, reasoning included.")
+    cached_input: float | None = Field(
+        None, ge=0, description="Input tokens read from a prompt cache; defaults to `input`."
+    )
 
 
 # USD per million tokens, as the vendors list them; `FLOTILLA_PRICES` (JSON) overrides or adds.
