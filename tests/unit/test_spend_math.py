@@ -132,3 +132,13 @@ def test_the_run_estimate_sums_units_and_names_agents_without_history() -> None:
     assert estimate.cost.mid == pytest.approx(1.0) and estimate.no_history == ["codex"]
     assert estimate.duration.mid == pytest.approx(200)  # a then b, one after the other
     assert "No history for agent codex: its units are not in the estimate." in estimate.lines()
+
+
+def test_the_pause_line_names_the_flag_for_the_limit_that_was_reached() -> None:
+    from tasks.spending import budget_pause_message
+
+    assert budget_pause_message("k", ["$1.20 of $1.00"]) == (
+        "paused: budget spent ($1.20 of $1.00); `flotilla resume k --budget-usd N` to go on"
+    )
+    assert "--budget-tokens N" in budget_pause_message("k", ["5.0k of 4.0k tokens"])
+    assert "--budget-minutes N" in budget_pause_message("k", ["3.0 of 3 agent minutes"])
