@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from importlib import resources
 
@@ -15,7 +16,14 @@ import yaml
 from flotilla.results import FailureClass, RunState, UnitStatus
 from tasks.lifecycle import read_summary
 from tasks.store import ArtifactStore, RunStore
-from tests.e2e.durability_helpers import AGENT, cli, durable_request, invocations, run_args
+from tests.e2e.durability_helpers import (
+    AGENT,
+    cli,
+    durable_request,
+    invocations,
+    ledger_of,
+    run_args,
+)
 from tests.e2e.helpers import make_target
 from tests.fakes import cli_results
 
@@ -251,3 +259,54 @@ def test_a_planner_on_the_claude_preset_counts_and_its_json_answer_is_the_plan(
         cli_results.CLAUDE["total_cost_usd"] + 2 * CALL["cost_usd"]
     )
     assert usage["turns"] == cli_results.CLAUDE["num_turns"]
+
+
+def test_spend_survives_a_crash_of_the_orchestrator(tmp_path):
+    """kill -9 while a unit's second round runs: after `flotilla resume` the ledger still has the
+    first round's spend, then the new rounds' - and the finished unit is not charged again."""
+    from tests.e2e.durability_helpers import kill_leftovers, start_orchestrator, wait_for
+
+    target = make_target(tmp_path / "target")
+    markers, store = tmp_path / "markers", str(tmp_path / "store")
+    released, pid_file = tmp_path / "released", tmp_path / "agent.pid"
+    twice = (
+        f'printf \'%s\' "$REPORT" > "$FLOTILLA_USAGE_FILE"; '
+        f"if [ -e {released} ]; then touch done.txt; "
+        f'elif [ "$FLOTILLA_ITERATION" = 2 ]; then echo $$ > {pid_file}; sleep 300; fi'
+    )
+    units = [
+        {"id": "paid"},
+        {
+            "id": "twice",
+            "agent": {"command": twice, "env": {"REPORT": json.dumps({"cost_usd": 0.25})}},
+            "test": "test -e done.txt",
+            "max_iterations": 2,
+        },
+    ]
+    request = paying_request(tmp_path, units, markers)
+    log = tmp_path / "orchestrator.log"
+    proc = start_orchestrator(run_args(request, target, store, tmp_path / "work", "crash"), {}, log)
+    pids = [proc.pid]
+    try:
+        wait_for("the second round of `twice`", pid_file.exists, proc=proc, log=log)
+        pids.append(int(pid_file.read_text()))
+        wait_for(
+            "`paid` to finish",
+            lambda: ledger_of(store, "crash")["paid"].status == UnitStatus.SUCCEEDED,
+            proc=proc,
+            log=log,
+        )
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        kill_leftovers(pids)
+    before = ledger_of(store, "crash")["twice"]
+    assert before.status == UnitStatus.RUNNING and before.total_usage.cost_usd == 0.25
+    released.touch()
+
+    assert cli("resume", "crash", "--store", store) == 0
+
+    ledger = ledger_of(store, "crash")
+    assert [a.usage.cost_usd for a in ledger["twice"].usage] == [0.25, 0.25]
+    assert spend_of(ledger) == 0.9  # paid once ($0.40), and twice both rounds ($0.25 each)
+    assert invocations(markers) == {"paid": 1}
