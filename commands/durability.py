@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from commands.common import EXIT_FAILED, EXIT_OK, EXIT_PAUSED, command
+from commands.run import positive_number
 from flotilla.results import FeatureStatus, RunState, UnitStatus
 
 
@@ -22,13 +23,16 @@ def register(sub) -> None:
         help="resume even if the run is marked running on another machine",
     )
     resume.add_argument(
-        "--budget-usd", type=_positive, metavar="N", help="raise the run's budget to N dollars"
+        "--budget-usd",
+        type=positive_number,
+        metavar="N",
+        help="raise the run's budget to N dollars",
     )
     resume.add_argument(
         "--budget-tokens", type=_positive_int, metavar="N", help="raise the run's token budget"
     )
     resume.add_argument(
-        "--budget-minutes", type=_positive, metavar="N", help="raise the run's agent minutes"
+        "--budget-minutes", type=positive_number, metavar="N", help="raise the run's agent minutes"
     )
 
     retry = command(
@@ -69,18 +73,8 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", metavar="URL", help="artifact store (default: .flotilla/store)")
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give e.g. 5 or 2.50") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
-    return value
-
-
 def _positive_int(text: str) -> int:
-    value = _positive(text)
+    value = positive_number(text)
     if value != int(value):
         raise argparse.ArgumentTypeError(f"{text!r} must be a whole number of tokens")
     return int(value)

@@ -24,10 +24,20 @@ def register(sub) -> None:
     run.add_argument("--workdir", metavar="DIR", help="clones and worktrees (.flotilla/work)")
     run.add_argument(
         "--max-usd",
-        type=float,
+        type=positive_number,
         metavar="N",
         help="refuse to start when even the low end of the cost estimate is above N dollars",
     )
+
+
+def positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give e.g. 5 or 2.50") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -78,14 +78,9 @@ def raised(
     """`budget` with the limits given replaced (what `flotilla resume --budget-usd N` does)."""
     if usd is None and tokens is None and minutes is None:
         return budget
-    base = budget or Budget()
-    return base.model_copy(
-        update={
-            "usd": usd if usd is not None else base.usd,
-            "tokens": tokens if tokens is not None else base.tokens,
-            "agent_minutes": minutes if minutes is not None else base.agent_minutes,
-        }
-    )
+    limits = budget.model_dump() if budget is not None else {}
+    given = {"usd": usd, "tokens": tokens, "agent_minutes": minutes}
+    return Budget.model_validate(limits | {k: v for k, v in given.items() if v is not None})
 
 
 def describe(budget: Budget | None) -> str:

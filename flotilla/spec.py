@@ -106,6 +106,12 @@ class Budget(StrictModel):
         "is committed on their branch) instead of letting them finish.",
     )
 
+    @model_validator(mode="after")
+    def _some_limit(self) -> Budget:
+        if self.usd is None and self.tokens is None and self.agent_minutes is None:
+            raise ValueError("a budget needs at least one of `usd`, `tokens`, `agent_minutes`")
+        return self
+
 
 class FeatureInfo(StrictModel):
     """What the feature is; its id names the branches and the run."""
