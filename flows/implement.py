@@ -92,6 +92,7 @@ class UnitLoop:
         self.checkpoints = CheckpointWriter(ctx, self.runs, self.workspace)
         self.pause_seen = False
         self.budget_note = ""  # set once the run's budget is spent: no unit starts after
+        self.budget_checked_at = -1  # len(self.records) at the last look at the ledger
         clear_stop(self.runs)  # a hard budget's stop from an earlier run must not stop this one
         self._mark_pending(list(self.plan.units))
 
@@ -132,7 +133,9 @@ class UnitLoop:
 
     def budget_spent(self) -> bool:
         """True once the run's budget is spent (read from the ledger): no unit starts after."""
-        if not self.budget_note:
+        finished = len(self.records)  # spend reaches the scheduler as units finish
+        if not self.budget_note and finished != self.budget_checked_at:
+            self.budget_checked_at = finished
             budget, reached = run_budget_spent(self.runs, self.ctx)
             if reached:
                 self.budget_note = budget_pause_message(self.ctx.run_key, reached)
