@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from commands.common import EXIT_API_UNREACHABLE, EXIT_FAILED, EXIT_OK, EXIT_PAUSED, command
+from commands.run import positive_number
 from flotilla.results import FeatureStatus, RunState, UnitStatus
 
 
@@ -20,6 +21,18 @@ def register(sub) -> None:
         "--force",
         action="store_true",
         help="resume even if the run is marked running on another machine",
+    )
+    resume.add_argument(
+        "--budget-usd",
+        type=positive_number,
+        metavar="N",
+        help="raise the run's budget to N dollars",
+    )
+    resume.add_argument(
+        "--budget-tokens", type=_positive_int, metavar="N", help="raise the run's token budget"
+    )
+    resume.add_argument(
+        "--budget-minutes", type=positive_number, metavar="N", help="raise the run's agent minutes"
     )
 
     retry = command(
@@ -60,8 +73,38 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", metavar="URL", help="artifact store (default: .flotilla/store)")
 
 
+def _positive_int(text: str) -> int:
+    value = positive_number(text)
+    if value != int(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number of tokens")
+    return int(value)
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
+    if args.budget_usd or args.budget_tokens or args.budget_minutes:
+        _raise_budget(args)
     return _carry_on(args.run_key, args.store, [], args.force, "Resuming")
+
+
+def _raise_budget(args: argparse.Namespace) -> None:
+    """Write the raised run budget before the run carries on; it stays for later resumes."""
+    from flotilla.budget import Spend, describe, raised
+    from flotilla.usage import format_tokens, format_usd
+    from tasks.lifecycle import load_context
+    from tasks.spending import run_budget, run_spend, save_run_budget
+
+    ctx = load_context(args.run_key, args.store)
+    runs = _runs(ctx.store_url, ctx.run_key)
+    before = run_budget(runs, ctx)
+    after = raised(before, args.budget_usd, args.budget_tokens, args.budget_minutes)
+    save_run_budget(runs, after)
+    spend: Spend = run_spend(runs)
+    print(
+        f"Run {ctx.run_key}: budget {describe(before)} -> {describe(after)}; spent so far "
+        f"{format_usd(spend.usd, spend.estimated)}, {format_tokens(spend.tokens)} tokens, "
+        f"{spend.agent_minutes:.1f} agent minutes.",
+        flush=True,
+    )
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -151,7 +194,10 @@ def report_outcome(state, store_url: str, run_key: str, repo: str, guard=None) -
     print_summary(result, repo)
     if result.status == FeatureStatus.PAUSED:
         print()
-        print(f"Paused. Carry on with: flotilla resume {run_key} --store {store_url}")
+        if result.error.startswith("paused: budget spent"):
+            print(f"{result.error} (--store {store_url})")
+        else:
+            print(f"Paused. Carry on with: flotilla resume {run_key} --store {store_url}")
         return EXIT_PAUSED
     if not result.ok:
         runs = _runs(store_url, run_key)

@@ -25,8 +25,9 @@ from flotilla.plan import Plan
 from flotilla.results import RunState, RunSummary, UnitStatus, utcnow
 from flotilla.runs import RunContext
 from flotilla.spec import UnitSpec
+from flotilla.usage import Usage
 
-COLUMNS = ("unit", "status", "step", "attempt", "elapsed", "eta", "last error")
+COLUMNS = ("unit", "status", "step", "attempt", "elapsed", "eta", "cost", "last error")
 EXIT_FOR_STATE = {RunState.SUCCEEDED: EXIT_OK, RunState.PAUSED: EXIT_PAUSED}
 
 
@@ -124,6 +125,7 @@ class RunView:
             self.summary.state == RunState.RUNNING and not _gone(self.summary)
         )
         self.rows: list[UnitRow] = unit_rows(self.plan, self.records, self.eta, self.live)
+        self.spend = SpendView(runs, self.ctx, self.records)
 
     @property
     def state(self) -> str:
@@ -146,7 +148,8 @@ class RunView:
             "eta_at": self.eta.finish_at.isoformat() if self.live and self.eta.finish_at else None,
             "critical_path": self.eta.critical_path,
             "error": summary.error if summary else "",
-            "units": [r.model_dump() for r in self.rows],
+            **self.spend.to_json(),
+            "units": [r.model_dump() | self.spend.unit_json(r.unit) for r in self.rows],
         }
 
     def render(self) -> str:
@@ -164,10 +167,49 @@ class RunView:
             lines.append(f"ETA:     {run_eta_text(self.eta)} for the units")
             if len(self.eta.critical_path) > 1:
                 lines.append(f"Critical path: {' -> '.join(self.eta.critical_path)}")
+        lines.append(f"Spend:   {self.spend.line()}")
         if summary and summary.error:
             lines.append(f"Problem: {summary.error}")
-        lines += ["", *table([r.cells() for r in self.rows], COLUMNS)]
+        cells = [r.cells() | {"cost": self.spend.unit_cost(r.unit)} for r in self.rows]
+        lines += ["", *table(cells, COLUMNS)]
         return "\n".join(lines)
+
+
+class SpendView:
+    """What a run's agents spent, per unit and in all, and the run's budget, from the store."""
+
+    def __init__(self, runs, ctx: RunContext, records: dict):
+        from tasks.spending import other_usage, run_budget
+
+        self.records = records
+        self.total = Usage.total(r.total_usage for r in records.values()) + other_usage(runs)
+        self.budget = run_budget(runs, ctx)
+
+    def unit_cost(self, unit_id: str) -> str:
+        record = self.records.get(unit_id)
+        return record.total_usage.cost_text() if record is not None and record.usage else ""
+
+    def line(self) -> str:
+        from flotilla.budget import describe
+
+        budget = f"; budget {describe(self.budget)}" if self.budget else ""
+        return self.total.one_line() + budget
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "usage": self.total.model_dump(mode="json") | {"tokens": self.total.tokens},
+            "budget": self.budget.model_dump(mode="json") if self.budget else None,
+        }
+
+    def unit_json(self, unit_id: str) -> dict[str, Any]:
+        record = self.records.get(unit_id)
+        if record is None:
+            return {"usage": None, "usage_by_attempt": []}
+        total = record.total_usage
+        return {
+            "usage": total.model_dump(mode="json") | {"tokens": total.tokens},
+            "usage_by_attempt": [a.model_dump(mode="json") for a in record.usage],
+        }
 
 
 def _read_summary(store, runs) -> RunSummary | None:
@@ -238,6 +280,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 @_reads_store
 def cmd_runs(args: argparse.Namespace) -> int:
+    from tasks.spending import other_usage
     from tasks.store import RunStore, list_runs
 
     store = _open_store(args.store)
@@ -249,10 +292,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
             rows.append({"key": key, "feature": "", "state": "unknown", "units": "", "_at": None})
             continue
         done, total = summary.units_done, summary.units_total
+        ledger = runs.read_ledger()
         if summary.state == RunState.RUNNING:  # the summary is written at start and end only
-            ledger = runs.read_ledger()
             done = sum(r.status == UnitStatus.SUCCEEDED for r in ledger.values())
             total = max(total, len(ledger))
+        usage = Usage.total(r.total_usage for r in ledger.values()) + other_usage(runs)
         end = summary.finished_at or utcnow()
         rows.append(
             {
@@ -262,8 +306,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 "units": f"{done}/{total}",
                 "started": f"{summary.started_at:%Y-%m-%d %H:%M:%S}",
                 "duration": format_duration((end - summary.started_at).total_seconds()),
+                "cost": usage.cost_text(),
                 "_at": summary.started_at,
-                "_json": summary.model_dump(mode="json") | {"units_done": done},
+                "_json": summary.model_dump(mode="json")
+                | {"units_done": done, "cost_usd": usage.cost_usd, "tokens": usage.tokens},
             }
         )
     rows.sort(key=lambda r: (r["_at"] is not None, r["_at"] or datetime.min, r["key"]))
@@ -272,7 +318,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     elif not rows:
         print(f"No runs in {store.url}.")
     else:
-        columns = ("key", "feature", "state", "units", "started", "duration")
+        columns = ("key", "feature", "state", "units", "started", "duration", "cost")
         print("\n".join(table(rows, columns)))
     return EXIT_OK
 

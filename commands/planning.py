@@ -14,8 +14,9 @@ import sys
 
 from commands.common import EXIT_FAILED, EXIT_OK, command
 from flotilla.errors import RunError
+from flotilla.estimate import RunEstimate
 from flotilla.plan import Plan
-from flotilla.spec import UnitSpec, WorkflowSpec
+from flotilla.spec import FeatureRequest, UnitSpec, WorkflowSpec
 
 FORMATS = ("text", "json", "mermaid")
 
@@ -57,13 +58,36 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(_no_plan_yet(args, workflow), file=sys.stderr)
         return EXIT_FAILED
     plan = Plan.from_request(request, workflow=workflow, durations=typical_durations(store))
+    estimate = estimate_plan(plan, request, store)
     if args.format == "json":
-        print(json.dumps({"source": source, **plan.to_json()}, indent=2))
+        print(
+            json.dumps(
+                {"source": source, **plan.to_json(), "estimate": estimate.model_dump(mode="json")},
+                indent=2,
+            )
+        )
     elif args.format == "mermaid":
         print(render_mermaid(plan))
     else:
         print(render_text(plan, source))
+        print()
+        print(f"Estimate (from the history recorded in {store.url}):")
+        print("\n".join(f"  {line}" for line in estimate.lines()))
     return EXIT_OK
+
+
+def estimate_plan(plan: Plan, request: FeatureRequest, store) -> RunEstimate:
+    """Cost and duration of `plan`, from the usage its agents recorded in `store`."""
+    from flotilla.estimate import agent_label, estimate_run, prompt_size
+    from tasks.stats import usage_samples
+
+    samples = {}
+    for settings in plan.settings.values():
+        label = agent_label(settings.agent_name, settings.agent.model)
+        if label not in samples:
+            samples[label] = usage_samples(store, settings.agent_name, settings.agent.model or "")
+    sizes = {u.id: prompt_size(request, u) for u in plan.units.values()}
+    return estimate_run(plan, samples, sizes)
 
 
 def _no_plan_yet(args: argparse.Namespace, workflow: WorkflowSpec) -> str:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
-from commands.common import EXIT_OK, command
+from commands.common import EXIT_BAD_INPUT, EXIT_OK, command
 from flotilla.errors import ApiUnreachable
 from flotilla.results import FeatureResult
 
@@ -22,6 +23,22 @@ def register(sub) -> None:
     run.add_argument("--store", metavar="URL", help="artifact store (default: .flotilla/store)")
     run.add_argument("--run-key", metavar="KEY", help="run key (default: <feature>-<time>)")
     run.add_argument("--workdir", metavar="DIR", help="clones and worktrees (.flotilla/work)")
+    run.add_argument(
+        "--max-usd",
+        type=positive_number,
+        metavar="N",
+        help="refuse to start when even the low end of the cost estimate is above N dollars",
+    )
+
+
+def positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give e.g. 5 or 2.50") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -48,6 +65,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     ctx = build_context(
         args.request, args.repo, args.base, args.workflow, args.store, args.run_key, args.workdir
     )
+    if args.max_usd is not None and (refusal := over_max_usd(ctx, args.max_usd, args.request)):
+        print(refusal, file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(f"Run key: {ctx.run_key}  (store: {ctx.store_url})", flush=True)
     state, guard = guarded(
         feature,
@@ -90,6 +110,30 @@ def guarded(flow, run_key: str, store_url: str, workdir: str, /, **parameters):
     finally:
         guard.uninstall()
     return state, guard
+
+
+def over_max_usd(ctx, max_usd: float, request_path: str) -> str:
+    """Why the run must not start under `--max-usd` (empty when it may); reads the store only."""
+    from commands.planning import estimate_plan
+    from flotilla.plan import Plan
+    from flotilla.usage import format_usd
+    from tasks.stats import typical_durations
+    from tasks.store import ArtifactStore
+
+    if not ctx.request.units:
+        return ""  # planned by an agent at the start: nothing to estimate yet
+    store = ArtifactStore(ctx.store_url)
+    plan = Plan.from_request(ctx.request, workflow=ctx.workflow, durations=typical_durations(store))
+    estimate = estimate_plan(plan, ctx.request, store)
+    if estimate.cost is None or estimate.cost.low <= max_usd:
+        return ""
+    cost = estimate.cost
+    return (
+        f"Not started: even the low end of the estimate ({format_usd(cost.low)}; expected "
+        f"{format_usd(cost.mid)}, up to {format_usd(cost.high)}) is above --max-usd "
+        f"{format_usd(max_usd)}; nothing was written. `flotilla plan {request_path} --store "
+        f"{ctx.store_url}` shows the estimate; raise --max-usd or set a `budget:` instead."
+    )
 
 
 def _read_result(store_url: str, run_key: str) -> FeatureResult | None:

@@ -153,7 +153,11 @@ def _settings() -> list[str]:
             f"| {variables} | {_type(field)} | {_default(field)} | "
             f"{_cell(field.description or '')} |"
         )
-    return [*lines, ""]
+    lines.append("")
+    for field in FlotillaSettings.model_fields.values():  # models inside a setting (prices)
+        for model in _nested(field.annotation):
+            lines += _model(model)
+    return lines
 
 
 # -- types and defaults as text ----------------------------------------------------------------

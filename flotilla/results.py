@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from flotilla.usage import AttemptUsage, Usage
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -36,6 +38,7 @@ class FailureClass(StrEnum):
     TIMED_OUT = "timed_out"
     RATE_LIMITED = "rate_limited"
     MERGE_CONFLICT = "merge_conflict"
+    BUDGET = "budget"
     ERROR = "error"
 
 
@@ -135,13 +138,24 @@ class UnitRecord(BaseModel):
     log_path: str = ""
     blocked_by: list[str] = Field(default_factory=list)
     reworks: list[ReworkNote] = Field(default_factory=list)
+    usage: list[AttemptUsage] = Field(
+        default_factory=list, description="What each attempt's agent calls spent, in order"
+    )
+
+    @property
+    def total_usage(self) -> Usage:
+        return Usage.total(a.usage for a in self.usage)
+
+    def _cost(self) -> str:
+        total = self.total_usage
+        return total.cost_text() if total.cost_usd is not None else ""
 
     def line(self) -> str:
         """One line for the end-of-run summary."""
         tail = f" - {self.error.splitlines()[0]}" if self.error else ""
         return (
             f"{self.unit_id:<24} {self.status.value:<10} attempts={self.attempts} "
-            f"{self.duration_s:6.1f}s{tail}"
+            f"{self.duration_s:6.1f}s {self._cost():>7}{tail}"
         )
 
 

@@ -92,7 +92,7 @@ def unit_fingerprint(
     """What a unit's result depends on; a finished unit with the same fingerprint is reused."""
     payload = json.dumps(
         {
-            "unit": unit.model_dump(mode="json"),
+            "unit": unit.model_dump(mode="json", exclude={"budget"}),  # a cap, not the work
             "settings": settings_json,
             "base": base_commit,
             "deps": dict(sorted(dep_commits.items())),

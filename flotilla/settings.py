@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flotilla.usage import DEFAULT_PRICES, Price
+
 
 class FlotillaSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLOTILLA_", extra="ignore")
@@ -50,6 +52,16 @@ class FlotillaSettings(BaseSettings):
     github_retries: int = Field(
         4, ge=0, le=20, description="Retries of one GitHub API call (rate limit, 5xx, network)."
     )
+    prices: dict[str, Price] = Field(
+        default_factory=dict,
+        description="Prices in USD per million tokens, as JSON: "
+        '{"MODEL": {"input": 3, "output": 15, "cached_input": 0.3}}. They turn tokens into an '
+        "estimated cost when an agent reports no cost; they add to and override the built-in "
+        "table (docs/spend.md).",
+    )
+
+    def price_table(self) -> dict[str, Price]:
+        return {**DEFAULT_PRICES, **self.prices}
 
 
 def get_settings() -> FlotillaSettings:

@@ -145,6 +145,27 @@ class AgentSpec(StrictModel):
 AgentRef = Annotated[str, StringConstraints(min_length=1)] | AgentSpec
 
 
+class Budget(StrictModel):
+    """A spending cap: on the request it caps the whole run, in `defaults` or on a unit each unit.
+
+    Spend is what the agents reported (or the price table estimated) and their wall time."""
+
+    usd: float | None = Field(None, gt=0, description="Dollars the agents may spend.")
+    tokens: int | None = Field(None, gt=0, description="Input plus output tokens.")
+    agent_minutes: float | None = Field(None, gt=0, description="Minutes of agent wall time.")
+    hard: bool = Field(
+        False,
+        description="Run budget: when spent, stop the units in flight too (their partial work "
+        "is committed on their branch) instead of letting them finish.",
+    )
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> Budget:
+        if self.usd is None and self.tokens is None and self.agent_minutes is None:
+            raise ValueError("a budget needs at least one of `usd`, `tokens`, `agent_minutes`")
+        return self
+
+
 class FeatureInfo(StrictModel):
     """What the feature is; its id names the branches and the run."""
 
@@ -180,6 +201,7 @@ class Defaults(StrictModel):
     retry_policy: RetryPolicy | None = Field(None, description="Default unit retry policy.")
     env: EnvValues = Field(default_factory=dict, description=ENV_HELP)
     pass_env: PassEnv = Field(default_factory=list, description=PASS_ENV_HELP)
+    budget: Budget | None = Field(None, description="Each unit's own budget (all its attempts).")
 
 
 class UnitSpec(StrictModel):
@@ -209,6 +231,7 @@ class UnitSpec(StrictModel):
     estimate_s: float | None = Field(None, gt=0, description="Expected duration, for scheduling.")
     env: EnvValues = Field(default_factory=dict, description=ENV_HELP)
     pass_env: PassEnv = Field(default_factory=list, description=PASS_ENV_HELP)
+    budget: Budget | None = Field(None, description="This unit's budget; beats `defaults.budget`.")
 
     @model_validator(mode="after")
     def _check_names(self) -> UnitSpec:
@@ -268,6 +291,9 @@ class FeatureRequest(StrictModel):
     )
     author: GitIdentity | None = Field(None, description="Author of Flotilla's commits.")
     publish: PublishSpec = Field(default_factory=PublishSpec, description="PR provider.")
+    budget: Budget | None = Field(
+        None, description="The run's total budget; when spent, the run pauses (exit 3)."
+    )
 
 
 Processor = Literal["plan_decomposer", "work_loop", "pr_merger", "feature_pr_creator"]

@@ -178,6 +178,7 @@ def _run_stages(
             units = implemented.units or units
             if implemented.paused:
                 paused = True
+                error = implemented.pause_reason
                 break
             if not implemented.all_succeeded and not stage.allow_partial:
                 error = _failed_units_message(implemented)
@@ -213,7 +214,7 @@ def _run_stages(
     complete = implemented is not None and implemented.all_succeeded and merged and merged.ok
     if paused:
         result.status = FeatureStatus.PAUSED
-        result.error = _paused_message(ctx, result)
+        result.error = error or _paused_message(ctx, result)
     elif error or not complete:
         result.status = FeatureStatus.FAILED
         result.error = error or _partial_message(implemented, merged)

@@ -27,6 +27,7 @@ from tasks.checkpoints import CheckpointWriter
 from tasks.control import load_added, pause_requested, proposals_key, save_added
 from tasks.reporting import TICK_S, publish_unit_table, start_run_report
 from tasks.slots import RunSlots, run_slots
+from tasks.spending import budget_pause_message, clear_stop, request_stop, run_budget_spent
 from tasks.stats import typical_durations
 from tasks.units import UnitJob, run_store_for, run_unit, workspace_for
 
@@ -36,6 +37,7 @@ class ImplementResult(BaseModel):
     units: list[UnitSpec] = Field(default_factory=list, description="The plan's units at the end")
     added: list[str] = Field(default_factory=list, description="Units that joined mid-run")
     paused: bool = False
+    pause_reason: str = ""
 
     @property
     def all_succeeded(self) -> bool:
@@ -111,6 +113,9 @@ class UnitLoop:
         self.running: dict[cf.Future, tuple[str, PrefectFuture]] = {}
         self.checkpoints = CheckpointWriter(ctx, self.runs, self.workspace)
         self.pause_seen = False
+        self.budget_note = ""  # set once the run's budget is spent: no unit starts after
+        self.budget_checked_at = -1  # len(self.records) at the last look at the ledger
+        clear_stop(self.runs)  # a hard budget's stop from an earlier run must not stop this one
         self._mark_pending(list(self.plan.units))
 
     # -- the plan --------------------------------------------------------------------------
@@ -127,7 +132,10 @@ class UnitLoop:
         for unit_id in unit_ids:
             previous = self.ledger.get(unit_id)
             if previous is None or not previous.status.is_final:
-                self.runs.write_record(_pending(self.ctx, unit_id))
+                pending = _pending(self.ctx, unit_id)
+                if previous is not None:  # what it spent before a crash stays spent
+                    pending.usage = previous.usage
+                self.runs.write_record(pending)
 
     # -- starting units --------------------------------------------------------------------
 
@@ -145,6 +153,21 @@ class UnitLoop:
             )
         return self.pause_seen
 
+    def budget_spent(self) -> bool:
+        """True once the run's budget is spent (read from the ledger): no unit starts after."""
+        finished = len(self.records)  # spend reaches the scheduler as units finish
+        if not self.budget_note and finished != self.budget_checked_at:
+            self.budget_checked_at = finished
+            budget, reached = run_budget_spent(self.runs, self.ctx)
+            if reached:
+                self.budget_note = budget_pause_message(self.ctx.run_key, reached)
+                if budget is not None and budget.hard:
+                    request_stop(self.runs, self.budget_note)  # units in flight stop too
+                self.logger.warning(
+                    "%s (%d unit(s) in flight finish)", self.budget_note, len(self.running)
+                )
+        return bool(self.budget_note)
+
     def block_dependents(self) -> None:
         for unit_id, roots in blocked_by_failures(self.plan, self.status).items():
             self.status[unit_id] = UnitStatus.BLOCKED
@@ -155,6 +178,7 @@ class UnitLoop:
                 blocked_by=roots,
                 error=f"blocked by failed unit(s): {', '.join(roots)}",
                 finished_at=utcnow(),
+                usage=earlier.usage if (earlier := self.ledger.get(unit_id)) else [],
             )
             self.runs.write_record(self.records[unit_id])
 
@@ -168,6 +192,8 @@ class UnitLoop:
         self.deferred = set()
         for unit_id in by_urgency(self.plan, ready, self.remaining):
             if len(self.running) >= self.limit:
+                break
+            if self.budget_spent():
                 break
             resource_class = self.plan.settings[unit_id].resources
             if not room.has_room(resource_class):
@@ -247,6 +273,7 @@ class UnitLoop:
             self.runs.write_record(record)
         self.records[unit_id], self.status[unit_id] = record, record.status
         self.logger.info("Unit %s %s.", unit_id, record.status.value)
+        self.budget_spent()  # its spend may have used up the run's budget
         if record.status == UnitStatus.SUCCEEDED:
             self.take_proposals(unit_id)
         self.checkpoint(f"unit {unit_id} {record.status.value}")
@@ -296,7 +323,10 @@ class UnitLoop:
 
     def result(self) -> ImplementResult:
         unfinished = [u for u in self.plan.units if not self.status[u].is_final]
-        paused = self.pause_seen and bool(unfinished)
+        if any(r.failure_class == FailureClass.BUDGET for r in self.records.values()):
+            self.budget_spent()  # a unit stopped on the run's budget: the run pauses too
+        short = [u for u in self.plan.units if self.status[u] != UnitStatus.SUCCEEDED]
+        paused = (self.pause_seen and bool(unfinished)) or (bool(self.budget_note) and bool(short))
         if paused:
             checkpoint = self.checkpoints.write(
                 "pause", list(self.plan.units), self.records, self.added
@@ -313,6 +343,7 @@ class UnitLoop:
             units=self.units,
             added=[u for u in self.plan.units if u in added],
             paused=paused,
+            pause_reason=self.budget_note if paused else "",
         )
 
 

@@ -31,6 +31,7 @@ from flotilla.rate_limits import (  # noqa: F401 - re-exported for callers of th
 from flotilla.redaction import redact
 from flotilla.settings import get_settings
 from flotilla.spec import AgentSpec
+from flotilla.usage import PARSERS, Usage, parse_usage_file, priced
 from tasks.processes import run_process
 
 PLACEHOLDERS = ("unit", "feature", "prompt_file", "request_dir", "worktree")
@@ -57,6 +58,7 @@ class AgentInvocation(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)  # the unit's and defaults' `env:`
     pass_env: list[str] = Field(default_factory=list)  # the unit's and defaults' `pass_env:`
     agent_name: str = ""  # how the request names the agent, for logs
+    usage_file: Path | None = None  # $FLOTILLA_USAGE_FILE: where any agent may report its usage
 
 
 class CommandLine(BaseModel):
@@ -85,6 +87,8 @@ class AgentOutcome(BaseModel):
     output_tail: str
     command: str = ""
     rate_limit_reason: str = ""
+    usage: Usage = Field(default_factory=Usage)
+    answer: str = ""  # the final text of a CLI that answers in JSON, for the summary
 
     @property
     def ok(self) -> bool:
@@ -125,7 +129,9 @@ def _claude(program: str, agent: AgentSpec, prompt: str, prompt_file: Path) -> C
     # https://docs.anthropic.com/en/docs/claude-code/cli-reference: `-p/--print` answers and
     # exits, piped input is the query (`cat file | claude -p`), `--permission-mode acceptEdits`
     # edits files without asking, `--model sonnet|opus|<full name>`.
-    argv = [program, "-p", "--permission-mode", "acceptEdits", *_model("--model", agent)]
+    # `--output-format json` ends with one result object: total_cost_usd, usage, num_turns, result.
+    argv = [program, "-p", "--output-format", "json", "--permission-mode", "acceptEdits"]
+    argv += _model("--model", agent)
     return CommandLine(argv=[*argv, *agent.args], stdin=prompt)
 
 
@@ -133,7 +139,8 @@ def _codex(program: str, agent: AgentSpec, prompt: str, prompt_file: Path) -> Co
     # https://developers.openai.com/codex/noninteractive: `codex exec` runs without approvals,
     # `--sandbox workspace-write` lets it edit the workspace (the replacement for the deprecated
     # `--full-auto`, openai/codex#20133), `-m MODEL`, and a prompt of `-` is read from stdin.
-    argv = [program, "exec", "--sandbox", "workspace-write", *_model("-m", agent)]
+    # `--json` prints JSONL events; `turn.completed` carries the turn's token usage.
+    argv = [program, "exec", "--json", "--sandbox", "workspace-write", *_model("-m", agent)]
     return CommandLine(argv=[*argv, *agent.args, "-"], stdin=prompt)
 
 
@@ -148,14 +155,18 @@ def _gemini(program: str, agent: AgentSpec, prompt: str, prompt_file: Path) -> C
     # https://geminicli.com/docs/cli/headless and the CLI reference: `-p/--prompt TEXT` runs
     # headless, `--approval-mode yolo` approves every tool call (`--yolo` is its deprecated
     # alias), `-m/--model MODEL`.
+    # `--output-format json`: one object with `response` and `stats` (tokens per model).
     argv = [program, "-p", _prompt_arg(prompt, prompt_file), "--approval-mode", "yolo"]
+    argv += ["--output-format", "json"]
     return CommandLine(argv=[*argv, *_model("-m", agent), *agent.args])
 
 
 def _cursor(program: str, agent: AgentSpec, prompt: str, prompt_file: Path) -> CommandLine:
     # https://cursor.com/docs/cli/headless: `-p/--print` for scripts, `--force` applies changes
     # and runs actions without approval, `--model MODEL`, the prompt as the last argument.
-    argv = [program, "-p", "--force", *_model("--model", agent), *agent.args]
+    # `--output-format json` ends with a result object (`result`, `duration_ms`; no tokens).
+    argv = [program, "-p", "--force", "--output-format", "json", *_model("--model", agent)]
+    argv += agent.args
     return CommandLine(argv=[*argv, _prompt_arg(prompt, prompt_file)])
 
 
@@ -171,7 +182,8 @@ def _opencode(program: str, agent: AgentSpec, prompt: str, prompt_file: Path) ->
     # https://opencode.ai/docs/cli#run: `opencode run [message..]` runs without the TUI,
     # `-m/--model provider/model`; what it may do follows the user's `permission` config
     # (https://opencode.ai/docs/permissions).
-    argv = [program, "run", *_model("--model", agent), *agent.args]
+    # `--format json` prints JSON events; each `step_finish` part has `tokens` and `cost`.
+    argv = [program, "run", "--format", "json", *_model("--model", agent), *agent.args]
     return CommandLine(argv=[*argv, _prompt_arg(prompt, prompt_file)])
 
 
@@ -255,7 +267,9 @@ def agent_env(inv: AgentInvocation, agent: AgentSpec) -> dict[str, str]:
 # --- running -----------------------------------------------------------------------------------
 
 
-def run_agent(agent: AgentSpec, inv: AgentInvocation) -> AgentOutcome:
+def run_agent(
+    agent: AgentSpec, inv: AgentInvocation, stop: Callable[[], bool] | None = None
+) -> AgentOutcome:
     """Run the agent once in its worktree with a hard time limit; never raises on its exit."""
     if not inv.worktree.is_dir():
         raise AgentError(
@@ -273,13 +287,16 @@ def run_agent(agent: AgentSpec, inv: AgentInvocation) -> AgentOutcome:
             )
         )
     start = inv.log_file.stat().st_size  # the agent's own output starts here
+    if inv.usage_file is not None:
+        inv.usage_file.unlink(missing_ok=True)  # a report left by an earlier call is not this one's
     result = run_process(
         command.argv if command.argv is not None else str(command.shell),
         cwd=inv.worktree,
-        env=agent_env(inv, agent),
+        env={**agent_env(inv, agent), **usage_env(inv)},
         stdin=command.stdin,
         timeout_s=inv.timeout_s,
         log_file=inv.log_file,
+        stop=stop,
     )
     limited, retry_after, reason = False, None, ""
     if not result.timed_out:
@@ -290,6 +307,9 @@ def run_agent(agent: AgentSpec, inv: AgentInvocation) -> AgentOutcome:
         if limited:
             said = limit_message(output)
             reason = f"exit code {result.exit_code}" + (f": {said}" if said else "")
+    usage, answer = read_usage(agent, inv, _read_from(inv.log_file, start, OUTPUT_PARSE_LIMIT))
+    usage = usage.model_copy(update={"wall_s": round(result.duration_s, 3), "calls": 1})
+    keep_answer(inv, answer)
     return AgentOutcome(
         exit_code=result.exit_code,
         timed_out=result.timed_out,
@@ -299,7 +319,48 @@ def run_agent(agent: AgentSpec, inv: AgentInvocation) -> AgentOutcome:
         output_tail=result.output_tail,
         command=command.display(),
         rate_limit_reason=reason,
+        usage=usage,
+        answer=answer,
     )
+
+
+# --- usage ---------------------------------------------------------------------------------------
+
+OUTPUT_PARSE_LIMIT = 32_000_000  # a CLI's JSON result is read from this much of its output
+
+
+def usage_env(inv: AgentInvocation) -> dict[str, str]:
+    """`FLOTILLA_USAGE_FILE`, when the caller collects usage."""
+    return {"FLOTILLA_USAGE_FILE": str(inv.usage_file)} if inv.usage_file else {}
+
+
+def read_usage(agent: AgentSpec, inv: AgentInvocation, output: str) -> tuple[Usage, str]:
+    """What one call spent and its final answer: the preset's JSON result, else (or overridden
+    by) what the agent wrote to $FLOTILLA_USAGE_FILE; tokens without a cost are priced from the
+    price table (marked estimated)."""
+    parser = PARSERS.get(agent.preset or "")
+    parsed = parser(output) if parser else None
+    usage = parsed.usage if parsed else Usage(source="command")
+    answer = parsed.text if parsed else ""
+    if inv.usage_file is not None and inv.usage_file.is_file():
+        reported = parse_usage_file(inv.usage_file.read_text(errors="replace"))
+        if reported is not None:
+            usage = reported.model_copy(update={"turns": reported.turns or usage.turns})
+    model = usage.model or agent.model or ""
+    usage = priced(usage.model_copy(update={"model": model}), model, get_settings().price_table())
+    return usage, answer
+
+
+def keep_answer(inv: AgentInvocation, answer: str) -> None:
+    """A JSON-speaking CLI's final text goes to the log, and to the summary if the agent wrote
+    none itself, as its plain-text output would have."""
+    if not answer.strip():
+        return
+    with inv.log_file.open("a", encoding="utf-8") as log:
+        log.write(f"--- flotilla: the agent's answer:\n{answer.rstrip()}\n")
+    if not inv.summary_file.exists():
+        inv.summary_file.parent.mkdir(parents=True, exist_ok=True)
+        inv.summary_file.write_text(answer.strip()[:4000] + "\n", encoding="utf-8")
 
 
 def _read_from(path: Path, offset: int, limit: int = 64_000) -> str:
@@ -320,9 +381,10 @@ class AgentGaveUp(AgentError):
     `rate_limited`, or `error` when it could not even start).
     """
 
-    def __init__(self, failure: str, message: str):
+    def __init__(self, failure: str, message: str, usage: Usage | None = None):
         super().__init__(message)
         self.failure = failure
+        self.usage = usage or Usage()  # what the calls that gave up still spent
 
 
 def run_agent_until_done(
@@ -331,6 +393,7 @@ def run_agent_until_done(
     *,
     on_wait: Callable[[float], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    stop: Callable[[], bool] | None = None,
 ) -> AgentOutcome:
     """Run the agent; wait out rate limits (they cost no attempt); raise AgentGaveUp otherwise.
 
@@ -338,13 +401,15 @@ def run_agent_until_done(
     """
     settings = get_settings()
     waited = 0.0
+    spent = Usage()  # every call counts, the rate-limited ones too
     while True:
         try:
-            outcome = run_agent(agent, inv)
+            outcome = run_agent(agent, inv, stop)
         except AgentError as exc:
-            raise AgentGaveUp("error", str(exc)) from None
+            raise AgentGaveUp("error", str(exc), spent) from None
+        spent = spent + outcome.usage
         if outcome.ok:
-            return outcome
+            return outcome.model_copy(update={"usage": spent})
         if outcome.rate_limited:
             wait = min(
                 outcome.retry_after_s or settings.rate_limit_default_wait_s,
@@ -354,6 +419,7 @@ def run_agent_until_done(
                 raise AgentGaveUp(
                     "rate_limited",
                     f"agent was rate-limited for more than {settings.rate_limit_total_wait_s:.0f}s",
+                    spent,
                 )
             _log_wait(agent, inv, outcome, wait)
             if on_wait:
@@ -362,9 +428,11 @@ def run_agent_until_done(
             waited += wait
             continue
         if outcome.timed_out:
-            raise AgentGaveUp("timed_out", f"agent timed out after {inv.timeout_s:g} s")
+            raise AgentGaveUp("timed_out", f"agent timed out after {inv.timeout_s:g} s", spent)
         tail = "\n".join(outcome.output_tail.splitlines()[-5:])
-        raise AgentGaveUp("agent_failed", f"agent exited with code {outcome.exit_code}:\n{tail}")
+        raise AgentGaveUp(
+            "agent_failed", f"agent exited with code {outcome.exit_code}:\n{tail}", spent
+        )
 
 
 def _log_wait(agent: AgentSpec, inv: AgentInvocation, outcome: AgentOutcome, wait: float) -> None:

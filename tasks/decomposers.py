@@ -21,6 +21,8 @@ from flotilla.runs import RunContext
 from flotilla.spec import AgentSpec, FeatureRequest, UnitSpec
 from tasks.agents import AgentGaveUp, AgentInvocation, run_agent_until_done
 from tasks.merging import git_out
+from tasks.spending import add_other_usage
+from tasks.store import ArtifactStore, RunStore
 from tasks.workspace import Workspace
 
 PLANNER_ID = "plan"
@@ -187,17 +189,24 @@ def ask(
         env=ctx.request.defaults.env,
         pass_env=ctx.request.defaults.pass_env,
         agent_name=name,
+        usage_file=local / "usage.json",
     )
     start = log_file.stat().st_size if log_file.exists() else 0
+    runs = RunStore(ArtifactStore(ctx.store_url), ctx.run_key)
+    answer = ""
     try:
-        run_agent_until_done(agent, invocation)  # rate limits are waited out, not counted
-        failure = ""
+        outcome = run_agent_until_done(agent, invocation)  # rate limits are waited out
+        add_other_usage(runs, "decompose", outcome.usage)  # the run's budget counts it too
+        failure, answer = "", outcome.answer  # a CLI answering in JSON: its final text
     except AgentGaveUp as exc:
+        add_other_usage(runs, "decompose", exc.usage)
         if exc.failure in ("error", "rate_limited"):
             raise DecomposeFailed(f"The decomposer agent {name!r} gave up: {exc}") from exc
         failure = f"({exc.args[0].splitlines()[0]})\n"  # timed out or failed: a rejected round
     if plan_file.is_file() and plan_file.read_text().strip():
         return plan_file.read_text()
+    if answer.strip():
+        return answer
     output = log_file.read_bytes()[start:].decode(errors="replace")
     text = "\n".join(line for line in output.splitlines() if not line.startswith("--- flotilla:"))
     return failure + text

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -28,6 +29,7 @@ from flotilla.redaction import current_redactor
 TAIL_LINES = 60
 KILL_GRACE_S = 3.0
 REAPER = Path(__file__).with_name("reaper.py")
+STOP_POLL_S = 1.0
 
 
 class ProcessResult(BaseModel):
@@ -45,12 +47,14 @@ def run_process(
     stdin: str | None = None,
     timeout_s: float | None = None,
     log_file: Path | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> ProcessResult:
     """Run `command` (argv, or a string for bash) and return its exit code and last lines.
 
     `env` is the child's whole environment (see `flotilla.environment.child_env`); without
     one it gets only the basics. Output (stdout and stderr interleaved, secrets redacted) is
-    appended to `log_file` as it arrives.
+    appended to `log_file` as it arrives. `stop()`, asked every STOP_POLL_S, ends it early like
+    the time limit does (a hard budget).
     """
     argv = ["bash", "-c", command] if isinstance(command, str) else command
     argv = [sys.executable, "-I", "-S", str(REAPER), "--", *argv]
@@ -76,11 +80,7 @@ def run_process(
                 pass
         reader = threading.Thread(target=_copy_output, args=(proc, tail, log), daemon=True)
         reader.start()
-        try:
-            proc.wait(timeout=timeout_s)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            timed_out = True
+        timed_out = not _wait(proc, timeout_s, stop)
         kill_group(proc)  # also reaps children left behind by a leader that exited
         reader.join(timeout=10)
         exit_code = None if timed_out else proc.returncode
@@ -93,6 +93,22 @@ def run_process(
         duration_s=time.monotonic() - started,
         output_tail="".join(tail),
     )
+
+
+def _wait(proc: subprocess.Popen, timeout_s: float | None, stop: Callable[[], bool] | None) -> bool:
+    """True when the process ended on its own; False at the time limit or when stopped."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        slice_s = (
+            left if stop is None else min(left if left is not None else STOP_POLL_S, STOP_POLL_S)
+        )
+        try:
+            proc.wait(timeout=slice_s)
+            return True
+        except subprocess.TimeoutExpired:
+            if (deadline is not None and time.monotonic() >= deadline) or (stop and stop()):
+                return False
 
 
 def _copy_output(proc: subprocess.Popen, tail: deque[str], log: BinaryIO | None) -> None:

@@ -20,6 +20,7 @@ from flotilla.redaction import redact
 from flotilla.results import MergeRecord, ReworkNote, TestReport, UnitRecord, UnitStatus
 from flotilla.settings import get_settings
 from flotilla.spec import FeatureInfo, PublishSpec
+from flotilla.usage import Usage
 from tasks.github import GitHubClient, GitHubError, git_auth_env, resolve_token
 
 GITHUB_BODY_LIMIT = 60_000  # GitHub refuses bodies over 65,536 characters
@@ -95,6 +96,7 @@ def render_pr(draft: PullRequestDraft) -> str:
         f"- **Unit tests:** {totals.one_line() if done else 'none run'}",
         f"- **Feature test gate:** {draft.gate.one_line() if draft.gate else 'not run'}",
         f"- **Conflicts resolved:** {len(redone) if redone else 'none'}",
+        f"- **Agent spend:** {Usage.total(u.total_usage for u in draft.units).one_line()}",
     ]
     if fixed:
         lines.append("- **Fixed after the test gate:** " + ", ".join(f"`{u}`" for u in fixed))
@@ -227,6 +229,7 @@ def _unit_section(unit: UnitRecord, draft: PullRequestDraft) -> list[str]:
         "",
         f"Status: **{unit.status.value}** · attempts: {unit.attempts} · iterations: "
         f"{unit.iterations} · {unit.duration_s:.1f}s · branch `{unit.branch}`{commit}",
+        *([f"Usage: {unit.total_usage.one_line()}"] if unit.usage else []),
         "",
         unit.summary.strip() or "_The agent left no summary._",
         "",

@@ -43,6 +43,7 @@ from flotilla.plan import Plan
 from flotilla.results import FeatureResult, FeatureStatus, UnitRecord, UnitStatus, utcnow
 from flotilla.runs import RunContext
 from flotilla.spec import UnitSpec
+from flotilla.usage import Usage
 from tasks.stats import typical_durations
 from tasks.store import ArtifactStore, RunStore
 
@@ -161,7 +162,7 @@ class RunReport:
             f"Run {self.run_key}: {len(finished)} of {total} units finished{detail}; {tail}."
         )
         progress = 100.0 * len(finished) / total if total else 100.0
-        return progress, description, [r.cells() for r in rows]
+        return progress, description, [with_cost(r.cells(), self.records.get(r.unit)) for r in rows]
 
     def eta(self) -> RunEta:
         return estimate(self.plan, self.records, self.typical, utcnow(), self.max_concurrent)
@@ -235,20 +236,33 @@ def publish_unit_table(
         report.merge(records)
         return
     rows = [
-        UnitRow(
-            unit=r.unit_id,
-            status=r.status.value,
-            step=r.step if r.status == UnitStatus.RUNNING else "",
-            attempt=r.attempts,
-            max_attempts=max(r.attempts, 1),
-            elapsed_s=round(r.duration_s, 1),
-            error=error_headline(r.error),
-        ).cells()
+        with_cost(
+            UnitRow(
+                unit=r.unit_id,
+                status=r.status.value,
+                step=r.step if r.status == UnitStatus.RUNNING else "",
+                attempt=r.attempts,
+                max_attempts=max(r.attempts, 1),
+                elapsed_s=round(r.duration_s, 1),
+                error=error_headline(r.error),
+            ).cells(),
+            r,
+        )
         for r in records
     ]
     create_table_artifact(
         key=artifact_key(feature_id, "units"), table=rows, description="Units of the feature run"
     )
+
+
+def with_cost(cells: dict[str, str], record: UnitRecord | None) -> dict[str, str]:
+    """The unit-table cells with a `cost` column before the last error."""
+    cells = dict(cells)
+    error = cells.pop("last error", "")
+    usage = record.total_usage if record is not None and record.usage else None
+    cells["cost"] = usage.cost_text() if usage is not None else ""
+    cells["last error"] = error
+    return cells
 
 
 def publish_unit_report(ctx: RunContext, unit: UnitSpec, record: UnitRecord) -> None:
@@ -276,12 +290,13 @@ def unit_markdown(unit: UnitSpec, record: UnitRecord, runs: RunStore) -> str:
     lines = [
         f"# Unit `{unit.id}`: {unit.display_title}",
         "",
-        "| Status | Attempts | Iterations | Duration | Branch | Commit |",
-        "|---|---|---|---|---|---|",
+        "| Status | Attempts | Iterations | Duration | Cost | Branch | Commit |",
+        "|---|---|---|---|---|---|---|",
         f"| {record.status.value} | {record.attempts} | {record.iterations} | "
-        f"{format_duration(record.duration_s)} | `{record.branch}` | "
-        f"{f'`{record.commit[:12]}`' if record.commit else 'none'} |",
+        f"{format_duration(record.duration_s)} | {record.total_usage.cost_text()} | "
+        f"`{record.branch}` | {f'`{record.commit[:12]}`' if record.commit else 'none'} |",
         "",
+        *usage_lines(record),
         "## Summary",
         "",
         record.summary or "_The agent wrote no summary._",
@@ -308,6 +323,16 @@ def unit_markdown(unit: UnitSpec, record: UnitRecord, runs: RunStore) -> str:
     if record.error:
         lines += ["", "## Last error", "", "```", record.error.strip(), "```"]
     return "\n".join(lines) + "\n"
+
+
+def usage_lines(record: UnitRecord) -> list[str]:
+    """`**Usage:** …` and one line per attempt, when the unit's agent reported any."""
+    if not record.usage:
+        return []
+    lines = [f"**Usage:** {record.total_usage.one_line()}", ""]
+    if len(record.usage) > 1:
+        lines += [f"- attempt {a.attempt}: {a.usage.one_line()}" for a in record.usage] + [""]
+    return lines
 
 
 def publish_run_report(ctx: RunContext, result: FeatureResult) -> None:
@@ -366,6 +391,8 @@ def run_markdown(ctx: RunContext, result: FeatureResult, runs: RunStore) -> str:
         lines.append(f"- **Pull request:** [{where}]({link_for(where)})")
     if result.gate:
         lines.append(f"- **Feature test gate:** {result.gate.one_line()}")
+    spend = Usage.total(r.total_usage for r in result.units)
+    lines.append(f"- **Agent spend:** {spend.one_line()}")
     return "\n".join(lines) + "\n\n" + units_markdown(result, runs)
 
 
@@ -373,15 +400,16 @@ def units_markdown(result: FeatureResult, runs: RunStore) -> str:
     """Every unit in one table, then where the run's files are."""
     store_url = runs.store.uri(runs.prefix)
     lines = [
-        "| Unit | Status | Attempts | Duration | Tests | Files | Last error |",
-        "|---|---|---|---|---|---|---|",
+        "| Unit | Status | Attempts | Duration | Cost | Tests | Files | Last error |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in result.units:
         tests = r.tests.one_line() if r.tests else ""
         error = error_headline(r.error).replace("|", "\\|")
         lines.append(
             f"| `{r.unit_id}` | {r.status.value} | {r.attempts} | "
-            f"{format_duration(r.duration_s)} | {tests} | {len(r.files_changed)} | {error} |"
+            f"{format_duration(r.duration_s)} | {r.total_usage.cost_text()} | {tests} | "
+            f"{len(r.files_changed)} | {error} |"
         )
     lines += ["", f"Everything the run stored: [{store_url}]({link_for(store_url)})"]
     return "\n".join(lines) + "\n"

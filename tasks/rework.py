@@ -18,6 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from flotilla.budget import add_attempt_usage
 from flotilla.plan import UnitSettings
 from flotilla.redaction import redact
 from flotilla.results import FailureClass, ReworkNote, TestReport, UnitRecord, UnitStatus, utcnow
@@ -110,7 +111,9 @@ def rework_unit(job: ReworkJob) -> UnitRecord:
         runs.write_record(record)
         return record
     note.detail = error
-    kept = original.model_copy(update={"reworks": [*original.reworks, note]})
+    kept = original.model_copy(
+        update={"reworks": [*original.reworks, note], "usage": record.usage}  # spend stays spent
+    )
     runs.write_record(kept)
     raise ReworkFailed(
         f"Re-running unit {job.unit.id!r} for a {job.reason} failed after {note.attempts} "
@@ -154,6 +157,7 @@ def _attempt(
             env=settings.env,
             pass_env=settings.pass_env,
             agent_name=settings.agent_name,
+            usage_file=local / "usage.json",
         )
         tests: TestReport | None = None
         failing: TestReport | None = None
@@ -161,7 +165,8 @@ def _attempt(
             record.iterations = iteration
             record.step = f"rework ({job.reason}): agent (iteration {iteration})"
             runs.write_record(record)
-            _run_agent(job, invocation.model_copy(update={"iteration": iteration}))
+            _run_agent(job, invocation.model_copy(update={"iteration": iteration}), record)
+            runs.write_record(record)
             tests, failing = _check(job, worktree, log_file)
             if failing is None:
                 break
@@ -218,12 +223,15 @@ def _publish_outputs(job: ReworkJob, runs: RunStore, outputs: Path) -> None:
         runs.store.upload_dir(runs.outputs_prefix(job.unit.id), outputs)
 
 
-def _run_agent(job: ReworkJob, invocation: AgentInvocation) -> None:
-    """One agent run; a rate limit is waited out without spending the attempt."""
+def _run_agent(job: ReworkJob, invocation: AgentInvocation, record: UnitRecord) -> None:
+    """One agent run; a rate limit is waited out without spending the attempt. What it spent
+    joins the unit's ledger record, as a rework attempt of its own."""
     try:
-        run_agent_until_done(job.settings.agent, invocation)
+        usage = run_agent_until_done(job.settings.agent, invocation).usage
     except AgentGaveUp as gave_up:
+        add_attempt_usage(record, record.attempts, gave_up.usage)
         raise _AttemptFailed(FailureClass(gave_up.failure), str(gave_up)) from None
+    add_attempt_usage(record, record.attempts, usage)
 
 
 def _check(

@@ -1,12 +1,16 @@
-"""Durations of finished units per resource class, kept in the store across runs.
+"""Durations of finished units per resource class, and what they cost per agent and model,
+kept in the store across runs.
 
-They weight the critical path when a unit has no `estimate_s`, and give `flotilla status` its ETAs.
+Durations weight the critical path when a unit has no `estimate_s`, and give `flotilla status`
+its ETAs; usage samples give `flotilla plan` its cost estimate.
 """
 
 from __future__ import annotations
 
 from statistics import median
 
+from flotilla.estimate import UsageSample
+from flotilla.usage import Usage
 from tasks.store import ArtifactStore
 
 KEEP = 50
@@ -39,3 +43,54 @@ def typical_durations(store: ArtifactStore) -> dict[str, float]:
         if samples:
             typical[name] = median(samples)
     return typical
+
+
+# --- usage per agent and model, for `flotilla plan`'s estimate -----------------------------------
+
+
+def usage_key(agent: str, model: str) -> str:
+    """`stats/usage/<agent>[@<model>].json`; names are made safe for a store key."""
+    name = f"{agent}@{model}" if model else agent
+    safe = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in name)
+    return f"stats/usage/{safe}.json"
+
+
+def record_usage(
+    store: ArtifactStore,
+    agent: str,
+    model: str,
+    resource_class: str,
+    prompt_chars: int,
+    usage: Usage,
+    duration_s: float,
+) -> None:
+    """Remember what one succeeded unit cost (last KEEP per agent and model)."""
+    key = usage_key(agent, model)
+    try:
+        samples = list(store.read_json(key))
+    except KeyError:
+        samples = []
+    sample = UsageSample(
+        resources=resource_class,
+        prompt_chars=prompt_chars,
+        cost_usd=usage.cost_usd,
+        tokens=usage.tokens,
+        agent_s=usage.wall_s,
+        duration_s=round(duration_s, 3),
+    )
+    store.write_json(key, [*samples, sample.model_dump()][-KEEP:])
+
+
+def usage_samples(store: ArtifactStore, agent: str, model: str) -> list[UsageSample]:
+    """The recorded samples of one agent and model (empty when there is no history)."""
+    try:
+        raw = store.read_json(usage_key(agent, model))
+    except KeyError:
+        return []
+    samples = []
+    for item in raw if isinstance(raw, list) else []:
+        try:
+            samples.append(UsageSample.model_validate(item))
+        except ValueError:
+            continue
+    return samples

@@ -16,16 +16,19 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
+from flotilla.estimate import prompt_size
 from flotilla.plan import UnitSettings
 from flotilla.redaction import redact
 from flotilla.results import FailureClass, TestReport, UnitRecord, UnitStatus, utcnow
 from flotilla.runs import RunContext
 from flotilla.spec import UnitSpec
+from flotilla.usage import AttemptUsage, Usage
 from tasks.agents import AgentGaveUp, AgentInvocation, AgentOutcome, run_agent_until_done
 from tasks.checks import run_tests, test_env
 from tasks.control import proposals_key
 from tasks.reporting import note_unit, publish_unit_report
-from tasks.stats import record_duration
+from tasks.spending import UnitBudget
+from tasks.stats import record_duration, record_usage
 from tasks.store import ArtifactStore, RunStore
 from tasks.workspace import Workspace, identity_env
 
@@ -89,6 +92,39 @@ class UnitRunner:
             fingerprint=job.fingerprint,
             branch=job.ctx.unit_branch(self.unit.id),
             base_commit=job.base_commit,
+            usage=self._earlier_usage(),
+        )
+        self.budget = UnitBudget(self.runs, job.ctx, self.unit)
+
+    def _earlier_usage(self) -> list[AttemptUsage]:
+        """What this unit spent before a crash, pause or retry: spend is counted once, and kept."""
+        previous = self.runs.read_record(self.unit.id)
+        return list(previous.usage) if previous is not None else []
+
+    def add_usage(self, usage: Usage) -> None:
+        """Add one agent call's usage to the current attempt in the ledger."""
+        entries = list(self.record.usage)
+        last = entries[-1]
+        entries[-1] = last.model_copy(update={"usage": last.usage + usage})
+        self.save(usage=entries)
+
+    def check_budget(self, attempt: int, iteration: int) -> None:
+        """Before an agent call: raise AttemptFailed(budget) if a budget says no."""
+        refusal = self.budget.refusal(self.record.total_usage, attempt, iteration)
+        if refusal:
+            raise AttemptFailed(FailureClass.BUDGET, refusal)
+
+    def stopped_by_budget(self, worktree: Path, failed: AttemptFailed) -> AttemptFailed:
+        """A hard budget stopped the agent: keep its partial work on the branch, fail `budget`."""
+        if not self.budget.stopped():
+            return failed
+        sha = self.workspace.commit_all(
+            worktree, f"{self.unit.display_title} (partial: stopped by the run's budget)\n"
+        )
+        return AttemptFailed(
+            FailureClass.BUDGET,
+            f"run budget spent: agent stopped, partial work kept on {self.record.branch} "
+            f"at {sha[:12]}",
         )
 
     def save(self, **changes) -> None:
@@ -124,6 +160,15 @@ class UnitRunner:
                 duration_s=time.monotonic() - started,
             )
             record_duration(self.runs.store, self.job.settings.resources, self.record.duration_s)
+            record_usage(
+                self.runs.store,
+                self.job.settings.agent_name,
+                self.job.settings.agent.model or "",
+                self.job.settings.resources,
+                prompt_size(self.ctx.request, self.unit),
+                self.record.total_usage,
+                self.record.duration_s,
+            )
             return self.record
         self.save(
             status=UnitStatus.FAILED,
@@ -142,6 +187,7 @@ class UnitRunner:
             (local / sub).mkdir(parents=True)
         log_file = local / "agent.log"
         log_file.touch()
+        self.save(usage=[*self.record.usage, AttemptUsage(attempt=attempt)])
         try:
             self._attempt(attempt, local, log_file)
         finally:
@@ -170,13 +216,32 @@ class UnitRunner:
             env=self.job.settings.env,
             pass_env=self.job.settings.pass_env,
             agent_name=self.job.settings.agent_name,
+            usage_file=local / "usage.json",
         )
         tests: TestReport | None = None
         for iteration in range(1, self.job.settings.max_iterations + 1):
             self.save(iterations=iteration)
-            invocation = invocation.model_copy(update={"iteration": iteration})
+            try:
+                self.check_budget(attempt, iteration)
+            except AttemptFailed as over:
+                if iteration > 1:  # keep what the agent did so far on the unit's branch
+                    self.workspace.commit_all(
+                        worktree, f"{self.unit.display_title} (partial)\n\n{over}\n"
+                    )
+                raise
+            invocation = invocation.model_copy(
+                update={
+                    "iteration": iteration,
+                    "timeout_s": self.budget.agent_timeout(
+                        self.record.total_usage, self.job.settings.timeout_s
+                    ),
+                }
+            )
             name = f"agent-iteration-{iteration}"
-            step_agent.with_options(name=name, task_run_name=name)(self, invocation)
+            try:
+                step_agent.with_options(name=name, task_run_name=name)(self, invocation)
+            except AttemptFailed as failed:
+                raise self.stopped_by_budget(worktree, failed) from None
             tests = step_tests.with_options(name="tests")(self, worktree, log_file)
             self.save(tests=tests)
             if tests is None or tests.ok:
@@ -268,9 +333,14 @@ def step_agent(runner: UnitRunner, invocation: AgentInvocation) -> AgentOutcome:
         runner.save(step=f"rate-limited, waiting {seconds:.0f}s (no attempt spent)")
 
     try:
-        return run_agent_until_done(runner.job.settings.agent, invocation, on_wait=waiting)
+        outcome = run_agent_until_done(
+            runner.job.settings.agent, invocation, on_wait=waiting, stop=runner.budget.stop_check()
+        )
     except AgentGaveUp as gave_up:
+        runner.add_usage(gave_up.usage)
         raise AttemptFailed(FailureClass(gave_up.failure), str(gave_up)) from None
+    runner.add_usage(outcome.usage)
+    return outcome
 
 
 @task(persist_result=False, cache_policy=NO_CACHE)

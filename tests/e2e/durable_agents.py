@@ -10,6 +10,7 @@ feature tree depends only on which units ran. Variables tune it:
 - `RATE_LIMIT_FIRST=1`: answer the first invocation with exit 75 (a rate limit).
 - `NEW_UNITS`: JSON written to $FLOTILLA_NEW_UNITS_FILE (follow-up units).
 - `PAUSE_RUN=<store>|<run key>`: run `flotilla pause` in a separate process first.
+- `USAGE_JSON`: written to $FLOTILLA_USAGE_FILE first (what the call "spent").
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def main() -> int:
     unit = os.environ["FLOTILLA_UNIT_ID"]
     n = claim_marker(Path(os.environ["MARKERS"]), unit)
     print(f"{unit}: invocation {n}", flush=True)
+    if os.environ.get("USAGE_JSON"):
+        Path(os.environ["FLOTILLA_USAGE_FILE"]).write_text(os.environ["USAGE_JSON"])
     if os.environ.get("PAUSE_RUN"):
         store, key = os.environ["PAUSE_RUN"].split("|")
         cli = [sys.executable, "-m", "flotilla.cli", "pause", key, "--store", store]

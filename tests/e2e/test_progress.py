@@ -160,7 +160,7 @@ def test_a_run_shows_live_progress_a_unit_table_and_reports(tmp_path):
         "blocked",
     ]
     assert rows["after-broken"]["last error"] == "blocked by failed unit(s): broken"
-    columns = ["unit", "status", "step", "attempt", "elapsed", "eta", "last error"]
+    columns = ["unit", "status", "step", "attempt", "elapsed", "eta", "cost", "last error"]
     assert list(rows["slow"]) == columns
 
     # A markdown report per unit that ran, on success and on failure.

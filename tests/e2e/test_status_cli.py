@@ -82,6 +82,7 @@ def test_status_shows_the_unit_table_from_the_ledger(store, capsys):
         "ATTEMPT",
         "ELAPSED",
         "ETA",
+        "COST",
         "LAST",
         "ERROR",
     ]
@@ -119,10 +120,10 @@ def test_runs_lists_key_feature_state_units_start_and_duration(store, capsys):
     code, out, _ = flotilla(capsys, "runs", "--store", str(store))
     header, row = out.splitlines()
     assert code == 0
-    assert header.split() == ["KEY", "FEATURE", "STATE", "UNITS", "STARTED", "DURATION"]
-    key, feature, state, units, day, clock, duration = row.split()
+    assert header.split() == ["KEY", "FEATURE", "STATE", "UNITS", "STARTED", "DURATION", "COST"]
+    key, feature, state, units, day, clock, duration, cost = row.split()
     assert (key, feature, state, units) == ("done", "status-feature", "succeeded", "2/2")
-    assert duration.endswith("s")
+    assert duration.endswith("s") and cost == "-"  # its script agents reported no usage
     code, out, _ = flotilla(capsys, "runs", "--store", str(store), "--json")
     assert json.loads(out)[0]["run_key"] == "done"
 

@@ -88,14 +88,24 @@ PRESET_CASES = [
         "claude",
         "sonnet",
         ["--max-turns", "30"],
-        ["-p", "--permission-mode", "acceptEdits", "--model", "sonnet", "--max-turns", "30"],
+        [
+            "-p",
+            "--output-format",
+            "json",
+            "--permission-mode",
+            "acceptEdits",
+            "--model",
+            "sonnet",
+            "--max-turns",
+            "30",
+        ],
         True,
     ),
     (
         "codex",
         "gpt-5-codex",
         ["--ephemeral"],
-        ["exec", "--sandbox", "workspace-write", "-m", "gpt-5-codex", "--ephemeral", "-"],
+        ["exec", "--json", "--sandbox", "workspace-write", "-m", "gpt-5-codex", "--ephemeral", "-"],
         True,
     ),
     (
@@ -116,14 +126,34 @@ PRESET_CASES = [
         "gemini",
         "gemini-2.5-pro",
         ["--debug"],
-        ["-p", PROMPT, "--approval-mode", "yolo", "-m", "gemini-2.5-pro", "--debug"],
+        [
+            "-p",
+            PROMPT,
+            "--approval-mode",
+            "yolo",
+            "--output-format",
+            "json",
+            "-m",
+            "gemini-2.5-pro",
+            "--debug",
+        ],
         False,
     ),
     (
         "cursor-agent",
         "gpt-5",
         ["--output-format", "text"],
-        ["-p", "--force", "--model", "gpt-5", "--output-format", "text", PROMPT],
+        [
+            "-p",
+            "--force",
+            "--output-format",
+            "json",
+            "--model",
+            "gpt-5",
+            "--output-format",
+            "text",
+            PROMPT,
+        ],
         False,
     ),
     (
@@ -137,7 +167,16 @@ PRESET_CASES = [
         "opencode",
         "anthropic/claude-sonnet-4-5",
         ["--agent", "build"],
-        ["run", "--model", "anthropic/claude-sonnet-4-5", "--agent", "build", PROMPT],
+        [
+            "run",
+            "--format",
+            "json",
+            "--model",
+            "anthropic/claude-sonnet-4-5",
+            "--agent",
+            "build",
+            PROMPT,
+        ],
         False,
     ),
 ]
@@ -184,7 +223,7 @@ def test_executable_overrides_the_program(
     outcome = run_agent(AgentSpec(preset="claude", executable=str(fake)), inv)
     assert outcome.ok
     record = record_of(tmp_path, "claude-nightly")
-    assert record["argv"] == ["-p", "--permission-mode", "acceptEdits"]
+    assert record["argv"] == ["-p", "--output-format", "json", "--permission-mode", "acceptEdits"]
     assert record["stdin"] == PROMPT
 
 
