@@ -43,6 +43,12 @@ class RunError(FlotillaError):
     """A run could not start or continue (bad repository, unknown run key, store unreachable)."""
 
 
+class TargetError(RunError):
+    """The target repository or its base branch is not usable: bad input, found before the run."""
+
+    exit_code = 2
+
+
 class GitError(FlotillaError):
     """A git command failed; the message carries the command and git's own words."""
 

@@ -23,6 +23,7 @@ from flotilla.scheduling import blocked_by_failures, by_urgency, ready_units
 from flotilla.spec import UnitSpec
 from tasks.checkpoints import CheckpointWriter
 from tasks.control import load_added, pause_requested, proposals_key, save_added
+from tasks.naming import unit_tag, unit_task_name
 from tasks.reporting import TICK_S, publish_unit_table, start_run_report
 from tasks.stats import typical_durations
 from tasks.units import UnitJob, run_store_for, run_unit, workspace_for
@@ -154,8 +155,8 @@ class UnitLoop:
                 continue
             self.status[unit_id] = UnitStatus.RUNNING
             future = run_unit.with_options(
-                task_run_name=f"unit-{unit_id}",
-                tags=[f"flotilla:{self.plan.settings[unit_id].resources}"],
+                task_run_name=unit_task_name(unit_id, "unit"),
+                tags=[f"flotilla:{self.plan.settings[unit_id].resources}", unit_tag(unit_id)],
             ).submit(job)
             self.running[future.wrapped_future] = (unit_id, future)
         return reused
