@@ -28,7 +28,9 @@ def publish_unit_diff(ctx: RunContext, record: UnitRecord, workspace: Workspace)
         stat, patch = workspace.diff(record.start_commit, record.commit)
         create_markdown_artifact(
             key=artifact_key(ctx.feature_id, f"unit-{record.unit_id}-diff"),
-            markdown=diff_markdown(ctx, record, stat, patch),
+            markdown=diff_markdown(
+                record, ctx.run_key, branch_markdown(ctx, record.branch), stat, patch
+            ),
             description=f"What unit {record.unit_id} of run {ctx.run_key} changed",
         )
     except Exception as exc:  # the commit is made; a report must not undo it
@@ -36,13 +38,14 @@ def publish_unit_diff(ctx: RunContext, record: UnitRecord, workspace: Workspace)
 
 
 def diff_markdown(
-    ctx: RunContext, record: UnitRecord, stat: str, patch: str, limit: int = PATCH_LIMIT
+    record: UnitRecord, run_key: str, branch: str, stat: str, patch: str, limit: int = PATCH_LIMIT
 ) -> str:
+    """`branch` is the branch as markdown: a link on GitHub, the name for local runs."""
     since, until = record.start_commit[:12], record.commit[:12]
     lines = [
         f"# Diff of unit `{record.unit_id}`",
         "",
-        f"Branch {branch_markdown(ctx, record.branch)}: `{since}..{until}` (run `{ctx.run_key}`).",
+        f"Branch {branch}: `{since}..{until}` (run `{run_key}`).",
         "",
         _fenced(stat.rstrip() or "(no changes)", "text"),
     ]
