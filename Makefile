@@ -30,9 +30,12 @@ lint: $(VENV)/.dev
 # set PREFECT_API_DATABASE_CONNECTION_URL for Postgres (docs/operations.md).
 PREFECT_PORT ?= 4200
 PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
+# The API the UI calls from the browser: this server's port, whatever PREFECT_API_URL says.
+UI_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
 
 server: $(BIN)/flotilla
-	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+	PREFECT_SERVER_UI_API_URL=$(UI_API_URL) \
+	  $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
 # The `flotilla` work pool, the zombie-run automation and the deployments of prefect.yaml.
 deploy: $(BIN)/flotilla
