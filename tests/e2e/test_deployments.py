@@ -63,8 +63,8 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
-    """A Prefect server with SQLite on a free loopback port; yields its API URL and env."""
+def server(tmp_path_factory) -> Iterator[tuple[str, dict[str, str], Path]]:
+    """A Prefect server with SQLite on a free loopback port; yields its API URL, env and log."""
     tmp_path = tmp_path_factory.mktemp("prefect-server")
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
@@ -80,7 +80,7 @@ def server(tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
         )
     try:
         wait_until_healthy(process, f"{api_url}/health", log)
-        yield api_url, env
+        yield api_url, env, log
     finally:
         stop(process)
 
@@ -136,7 +136,7 @@ def wait_until_healthy(process: subprocess.Popen, url: str, log: Path) -> None:
 @pytest.fixture(scope="module")
 def deployed(server) -> dict[str, dict]:
     """`make deploy` against the server: the pool, the automation, prefect.yaml's deployments."""
-    api_url, env = server
+    api_url, env, _ = server
     shown = cli(
         env, "make", "-s", "-o", ".venv/bin/flotilla", "deploy", f"PREFECT_API_URL={api_url}"
     )
@@ -148,7 +148,7 @@ def deployed(server) -> dict[str, dict]:
 
 @pytest.mark.slow
 def test_make_deploy_creates_the_deployments_on_the_flotilla_pool(server, deployed):
-    api_url, _ = server
+    api_url, _, _ = server
     assert set(deployed) == {"feature", "nightly-features", "unit"}
     nightly = deployed["nightly-features"]
     assert nightly["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
@@ -161,7 +161,7 @@ def test_make_deploy_creates_the_deployments_on_the_flotilla_pool(server, deploy
 
 @pytest.mark.slow
 def test_the_feature_deployment_runs_on_a_process_worker(server, deployed, tmp_path):
-    api_url, env = server
+    api_url, env, _ = server
     target = make_target(tmp_path / "target")
     request = write_request(tmp_path, [{"id": "only"}], timeline=tmp_path / "timeline.txt")
     store = tmp_path / "store"
@@ -227,7 +227,7 @@ def scheduled_runs(api_url: str, deployment_id: str) -> list[dict]:
 def test_the_nightly_cron_gets_scheduled_runs_and_a_worker_runs_one_to_the_end(
     server, deployed, tmp_path
 ):
-    api_url, env = server
+    api_url, env, server_log = server
     nightly = deployed["nightly-features"]
 
     # The server's scheduler fills in the cron's next nights (it cannot, with SQLAlchemy 2.1).
@@ -269,11 +269,12 @@ def test_the_nightly_cron_gets_scheduled_runs_and_a_worker_runs_one_to_the_end(
     assert git(target, "show", "flotilla/demo-feature:units/only.txt").startswith("only")
     names = {r["name"] for r in flow_runs_tagged(api_url, f"run:{result['run_key']}")}
     assert result["run_key"] in names  # the night's feature subflow, findable by its run
+    assert "Traceback" not in server_log.read_text()  # no service of the server failed
 
 
 @pytest.mark.slow
 def test_the_nightly_schedule_pauses_and_resumes_as_the_guide_says(server, deployed):
-    api_url, env = server
+    api_url, env, _ = server
     name = "nightly-features/nightly-features"
     listed = cli(env, PREFECT, "deployment", "schedule", "ls", name, "--output", "json")
     (schedule,) = json.loads(listed)
