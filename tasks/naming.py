@@ -10,8 +10,12 @@ key, a stage subflow `<run key> · <stage>`, and a unit's task runs start with i
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from prefect.client.orchestration import get_client
+from prefect.concurrency.services import (
+    ConcurrencySlotAcquisitionWithLeaseService as AcquisitionQueue,
+)
 from prefect.context import FlowRunContext
 
 from flotilla.runs import RunContext
@@ -59,3 +63,23 @@ def label_flow_run(name: str, tags: list[str]) -> None:
         log.warning("Could not name flow run %s %r: %s", flow_run.id, name, exc)
         return
     flow_run.name, flow_run.tags = name, merged
+
+
+def retire_tag_queues(task_tags: Iterable[str]) -> None:
+    """Stop Prefect's slot-acquisition queue for one set of task-run tags, once no task run of
+    this process will ask it for slots again.
+
+    Prefect keeps one such queue (a thread and an HTTP client) per distinct set of tags, for the
+    life of the process. A unit's tags are its own (`unit:<id>`), so without this a run of 200
+    units would keep 400 idle threads and clients until it ends. Slots already held are released
+    and renewed without the queue; a later task run with the same tags gets a new one.
+    """
+    names = frozenset(f"tag:{tag}" for tag in task_tags)
+    if not names:
+        return
+    try:
+        queue = AcquisitionQueue._instances.get(hash((AcquisitionQueue, names)))
+        if queue is not None and not queue._stopped:
+            queue.drain()
+    except Exception as exc:  # an idle thread is no reason to fail a unit
+        log.debug("Could not stop the slot queue for %s: %s", sorted(names), exc)

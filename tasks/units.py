@@ -14,6 +14,7 @@ from pathlib import Path
 
 from prefect import tags, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TagsContext, TaskRunContext
 from pydantic import BaseModel
 
 from flotilla.plan import UnitSettings
@@ -23,7 +24,7 @@ from flotilla.spec import UnitSpec
 from tasks.agents import AgentGaveUp, AgentInvocation, AgentOutcome, run_agent_until_done
 from tasks.checks import run_tests
 from tasks.control import proposals_key
-from tasks.naming import unit_tag, unit_task_name
+from tasks.naming import retire_tag_queues, unit_tag, unit_task_name
 from tasks.reporting import note_unit, publish_unit_report
 from tasks.stats import record_duration
 from tasks.store import ArtifactStore, RunStore
@@ -70,9 +71,15 @@ def run_store_for(ctx: RunContext) -> RunStore:
 @task(name="run-unit", persist_result=False, cache_policy=NO_CACHE)
 def run_unit(job: UnitJob) -> UnitRecord:
     runner = UnitRunner(job)
+    own = TaskRunContext.get()
+    if own is not None:  # this task run holds its slot: its tags' queue has served it
+        retire_tag_queues(own.task_run.tags)
     try:
         with tags(unit_tag(job.unit.id)):  # its step task runs are the unit's too
-            return runner.run()
+            try:
+                return runner.run()
+            finally:
+                retire_tag_queues(TagsContext.get().current_tags)  # the steps' tags
     finally:
         publish_unit_report(job.ctx, job.unit, runner.record)
 

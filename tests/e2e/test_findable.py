@@ -25,6 +25,9 @@ from prefect.client.schemas.filters import (
     TaskRunFilterTags,
 )
 from prefect.client.schemas.objects import FlowRun, TaskRun
+from prefect.concurrency.services import (
+    ConcurrencySlotAcquisitionWithLeaseService as AcquisitionQueue,
+)
 
 from flotilla.cli import main
 from tests.e2e.helpers import make_target
@@ -150,3 +153,17 @@ def test_runs_are_named_and_tagged_and_each_unit_shows_its_diff(tmp_path, capsys
     for kind in ("report", "store"):
         text = latest_artifact(f"{feature}-{kind}")
         assert "file://" not in text and f"flotilla artifacts {key} --" in text, kind
+
+
+def test_unit_tags_leave_no_slot_queue_behind(tmp_path):
+    """Prefect keeps a slot-acquisition queue (a thread, an HTTP client) per set of task-run
+    tags; each unit's tags are its own, so its queues are stopped when the unit is done."""
+    target = make_target(tmp_path / "target")
+    request = write_request(tmp_path, f"queues-{uuid.uuid4().hex[:8]}")
+    args = ["run", str(request), "--repo", str(target), "--store", str(tmp_path / "store")]
+    assert main([*args, "--workdir", str(tmp_path / "work"), "--run-key", "queues"]) == 0
+
+    queues = AcquisitionQueue._instances.values()  # every kind of Prefect queue service
+    live = [q for q in queues if isinstance(q, AcquisitionQueue) and not q._stopped]
+    per_unit = [q.concurrency_limit_names for q in live]
+    assert not [names for names in per_unit if any(n.startswith("tag:unit:") for n in names)]
