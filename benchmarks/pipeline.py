@@ -24,7 +24,7 @@ from statistics import mean
 import yaml
 
 DEFAULT_WORKFLOW = Path(__file__).resolve().parents[1] / "flotilla" / "default_workflow.yaml"
-STEPS = ("worktree", "inputs", "agent-iteration", "tests", "commit", "outputs")
+STEPS = ("worktree", "inputs", "agent", "tests", "commit", "outputs")  # `<unit> · <step>`
 
 
 @contextmanager
@@ -200,7 +200,7 @@ def _step_times(flow_run_id, units: int) -> dict[str, float]:
     deadline = time.monotonic() + 120
     while True:
         runs = _task_runs(flow_run_id)
-        finished = [r for r in runs if r.name.startswith("unit-") and r.end_time]
+        finished = [r for r in runs if _step(r.name) == "unit" and r.end_time]
         if len(finished) >= units or time.monotonic() > deadline:
             break
         time.sleep(1)
@@ -209,7 +209,7 @@ def _step_times(flow_run_id, units: int) -> dict[str, float]:
     for run in runs:
         if not (run.start_time and run.end_time):
             continue
-        name = "unit" if run.name.startswith("unit-") else _step(run.name)
+        name = _step(run.name)
         spans.setdefault(name, []).append((run.end_time - run.start_time).total_seconds())
         if name == "unit" and run.expected_start_time:
             queued.append((run.start_time - run.expected_start_time).total_seconds())
@@ -238,7 +238,10 @@ def _task_runs(flow_run_id) -> list:
 
 
 def _step(name: str) -> str:
-    return next((s for s in STEPS if name.startswith(s)), "other")
+    step = name.partition(" · ")[2]
+    if step == "unit":
+        return "unit"
+    return next((s for s in STEPS if step.startswith(s)), "other")
 
 
 def _thread_profiler(profiles: list[cProfile.Profile]):

@@ -60,8 +60,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.feature import build_context, feature
+    from prefect import tags
 
+    from flows.feature import build_context, feature
+    from tasks.naming import run_tags
+
+    # every input, the target repository and its base branch are checked before Prefect starts
     ctx = build_context(
         args.request, args.repo, args.base, args.workflow, args.store, args.run_key, args.workdir
     )
@@ -69,19 +73,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(refusal, file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"Run key: {ctx.run_key}  (store: {ctx.store_url})", flush=True)
-    state, guard = guarded(
-        feature,
-        ctx.run_key,
-        ctx.store_url,
-        ctx.workdir,
-        request=args.request,
-        repo=ctx.repo,
-        base=ctx.base,
-        workflow=args.workflow,
-        store=ctx.store_url,
-        run_key=ctx.run_key,
-        workdir=os.path.dirname(ctx.workdir),
-    )
+    with tags(*run_tags(ctx)):
+        state, guard = guarded(
+            feature.with_options(flow_run_name=ctx.run_key),
+            ctx.run_key,
+            ctx.store_url,
+            ctx.workdir,
+            request=args.request,
+            repo=ctx.repo,
+            base=ctx.base,
+            workflow=args.workflow,
+            store=ctx.store_url,
+            run_key=ctx.run_key,
+            workdir=os.path.dirname(ctx.workdir),
+        )
     from commands.durability import report_outcome
 
     return report_outcome(state, ctx.store_url, ctx.run_key, ctx.repo, guard)

@@ -50,6 +50,12 @@ class ApiUnreachable(RunError):
     exit_code = 4
 
 
+class TargetError(RunError):
+    """The target repository or its base branch is not usable: bad input, found before the run."""
+
+    exit_code = 2
+
+
 class GitError(FlotillaError):
     """A git command failed; the message carries the command and git's own words."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, tags
 from prefect.states import Cancelled, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -36,6 +36,8 @@ from tasks.lifecycle import (
     stopped,
     write_failure_report,
 )
+from tasks.naming import label_flow_run, run_tags, stage_run_name
+from tasks.preflight import check_target
 from tasks.reporting import publish_run_report
 from tasks.resources import TAG_PREFIX, apply_run_resources
 from tasks.slots import reclaim_now
@@ -57,7 +59,10 @@ def build_context(
     run_key: str | None = None,
     workdir: str | None = None,
 ) -> RunContext:
-    """Validate every input and resolve defaults. Touches nothing: no clone, no store entry."""
+    """Validate every input and resolve defaults. Writes nothing: no clone, no store entry.
+
+    The target is checked with `git ls-remote` (a path or a URL): a repository, with a commit,
+    that has the base branch."""
     settings = get_settings()
     request_path = Path(request).resolve()
     spec = load_request(request_path)
@@ -69,8 +74,8 @@ def build_context(
             "in the request."
         )
     repo_url = resolve_repo(repo_url, request_path.parent if not repo else Path.cwd())
-    if "://" not in repo_url and not Path(repo_url).exists():
-        raise RunError(f"Target repository {repo_url} does not exist; check --repo or `repo.url`.")
+    base = base or (spec.repo.base if spec.repo else "main")
+    check_target(repo_url, base)  # not a repository, no commits, no such base: exit 2
     key = check_run_key(run_key or new_run_key(spec.feature.id))
     author = spec.author
     return RunContext(
@@ -79,7 +84,7 @@ def build_context(
         workflow=flow_spec,
         request_dir=str(request_path.parent),
         repo=repo_url,
-        base=base or (spec.repo.base if spec.repo else "main"),
+        base=base,
         store_url=ArtifactStore(store or settings.store).url,
         workdir=str(Path(workdir or settings.workdir).resolve() / key),
         author_name=author.name if author else (settings.author_name or "Flotilla"),
@@ -113,7 +118,9 @@ def feature(
         raise RunError("Pass a feature request file (request), or resume=True with a run_key.")
     else:
         ctx = build_context(request, repo, base, workflow, store, run_key, workdir)
-    result = run_feature(ctx, resume=resume, rerun=rerun, force=force)
+    label_flow_run(ctx.run_key, run_tags(ctx))  # a deployment's run was named at random
+    with tags(*run_tags(ctx)):  # every subflow and task run of the run carries them
+        result = run_feature(ctx, resume=resume, rerun=rerun, force=force)
     if result.status == FeatureStatus.PAUSED:
         return Cancelled(name="Paused", message=result.error)
     return result
@@ -167,13 +174,17 @@ def _run_stages(
                 logger.info("Resuming with the saved plan: %d unit(s).", len(saved))
                 units = saved
             else:
-                units = decompose.with_options(name=stage.name)(ctx)
+                units = decompose.with_options(
+                    name=stage.name, flow_run_name=stage_run_name(ctx.run_key, stage.name)
+                )(ctx)
         elif stage.processor == "work_loop":
             runner = ThreadPoolTaskRunner(max_workers=stage.max_concurrent)
             implemented = _stage_result(
-                implement.with_options(name=stage.name, task_runner=runner)(
-                    ctx, units, base_commit, rerun, return_state=True
-                )
+                implement.with_options(
+                    name=stage.name,
+                    flow_run_name=stage_run_name(ctx.run_key, stage.name),
+                    task_runner=runner,
+                )(ctx, units, base_commit, rerun, return_state=True)
             )
             units = implemented.units or units
             if implemented.paused:
@@ -185,7 +196,9 @@ def _run_stages(
                 break
         elif stage.processor == "pr_merger":
             records = implemented.records if implemented else {}
-            merged = merge.with_options(name=stage.name)(ctx, units, records, base_commit)
+            merged = merge.with_options(
+                name=stage.name, flow_run_name=stage_run_name(ctx.run_key, stage.name)
+            )(ctx, units, records, base_commit)
             if implemented:  # units the merge stage re-did for a conflict or the test gate
                 implemented.records.update(merged.records)
             if not merged.ok:
@@ -193,7 +206,9 @@ def _run_stages(
                 break
         elif stage.processor == "feature_pr_creator" and merged is not None:
             records = implemented.records if implemented else {}
-            published = finalize.with_options(name=stage.name)(ctx, units, records, merged)
+            published = finalize.with_options(
+                name=stage.name, flow_run_name=stage_run_name(ctx.run_key, stage.name)
+            )(ctx, units, records, merged)
 
     result = FeatureResult(
         run_key=ctx.run_key,

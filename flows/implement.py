@@ -25,6 +25,7 @@ from flotilla.scheduling import ClassRoom, blocked_by_failures, by_urgency, read
 from flotilla.spec import UnitSpec
 from tasks.checkpoints import CheckpointWriter
 from tasks.control import load_added, pause_requested, proposals_key, save_added
+from tasks.naming import unit_tag, unit_task_name
 from tasks.reporting import TICK_S, publish_unit_table, start_run_report
 from tasks.slots import RunSlots, run_slots
 from tasks.spending import budget_pause_message, clear_stop, request_stop, run_budget_spent
@@ -211,7 +212,9 @@ class UnitLoop:
                 continue
             room.take(resource_class)
             self.status[unit_id] = UnitStatus.RUNNING
-            future = run_unit.with_options(task_run_name=f"unit-{unit_id}").submit(job)
+            future = run_unit.with_options(
+                task_run_name=unit_task_name(unit_id, "unit"), tags=[unit_tag(unit_id)]
+            ).submit(job)
             self.running[future.wrapped_future] = (unit_id, future)
         if self.deferred and not self.running:
             self.logger.info(

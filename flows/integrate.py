@@ -28,6 +28,7 @@ from tasks.merging import (
     integrate,
     touching_units,
 )
+from tasks.naming import unit_tag, unit_task_name
 from tasks.rework import (
     ReworkFailed,
     ReworkJob,
@@ -205,7 +206,9 @@ class _Merging:
         """Run the unit's agent again; on success its new record replaces the old one."""
         unit_id = job.unit.id
         try:
-            record = rework_unit_task.with_options(task_run_name=f"rework-{unit_id}")(job)
+            record = rework_unit_task.with_options(
+                task_run_name=unit_task_name(unit_id, "rework"), tags=[unit_tag(unit_id)]
+            )(job)
         except ReworkFailed as failed:
             self.result.error = str(failed)
             self.result.records[unit_id] = failed.record

@@ -18,7 +18,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path, PurePosixPath
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, tags
 from prefect.artifacts import create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
@@ -33,6 +33,7 @@ from flotilla.runs import new_run_key
 from flotilla.settings import get_settings
 from flows.feature import build_context, feature
 from tasks.inbox import INBOX, RUNNING, Claim, Inbox, InboxResult
+from tasks.naming import run_tags
 from tasks.store import ArtifactStore, RunStore
 
 
@@ -124,15 +125,16 @@ def run_request(
         error = error.replace(str(download_dir / name), inbox.store.uri(f"{INBOX}/{name}"))
         return inbox.finish(name, started.model_copy(update={"error": error}))
 
-    state = feature.with_options(flow_run_name=ctx.run_key)(
-        request=str(local),
-        repo=ctx.repo,
-        workflow=workflow,
-        store=inbox.store.url,
-        run_key=ctx.run_key,
-        workdir=str(work_root),
-        return_state=True,
-    )
+    with tags(*run_tags(ctx)):
+        state = feature.with_options(flow_run_name=ctx.run_key)(
+            request=str(local),
+            repo=ctx.repo,
+            workflow=workflow,
+            store=inbox.store.url,
+            run_key=ctx.run_key,
+            workdir=str(work_root),
+            return_state=True,
+        )
     runs = RunStore(inbox.store, ctx.run_key)
     outcome = _feature_result(runs)
     ok = state.is_completed()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, tags
 
 from flotilla.errors import RunError
 from flotilla.plan import Plan
@@ -25,6 +25,7 @@ from flotilla.results import UnitRecord, UnitStatus
 from flotilla.runs import RunContext, unit_fingerprint
 from flotilla.settings import get_settings
 from flotilla.spec import UnitSpec
+from tasks.naming import label_flow_run, run_tags, stage_run_name, unit_tag, unit_task_name
 from tasks.store import ArtifactStore, RunStore
 from tasks.units import UnitJob, run_unit, workspace_for
 
@@ -47,9 +48,12 @@ def unit(
         job.base_commit[:12],
         ", ".join(job.dep_branches) or "no dependencies",
     )
-    record = run_unit.with_options(
-        task_run_name=f"unit-{unit_id}", tags=[f"flotilla:{job.settings.resources}"]
-    )(job)
+    label_flow_run(stage_run_name(run_key, unit_id), [*run_tags(job.ctx), unit_tag(unit_id)])
+    with tags(*run_tags(job.ctx)):
+        record = run_unit.with_options(
+            task_run_name=unit_task_name(unit_id, "unit"),
+            tags=[f"flotilla:{job.settings.resources}", unit_tag(unit_id)],
+        )(job)
     workspace_for(job.ctx).push([record.branch])
     logger.info("Unit %s succeeded; pushed %s to %s.", unit_id, record.branch, job.ctx.repo)
     return record

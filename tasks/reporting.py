@@ -44,6 +44,7 @@ from flotilla.results import FeatureResult, FeatureStatus, UnitRecord, UnitStatu
 from flotilla.runs import RunContext
 from flotilla.spec import UnitSpec
 from flotilla.usage import Usage
+from tasks.links import artifacts_command, branch_markdown, opens_in_browser
 from tasks.stats import typical_durations
 from tasks.store import ArtifactStore, RunStore
 
@@ -61,7 +62,9 @@ def artifact_key(feature_id: str, kind: str) -> str:
 
 
 def link_for(uri: str) -> str:
-    """A store URI as a link: local paths become file:// URLs, s3:// and others stay."""
+    """A store URI as a link for the PR description: local paths become file:// URLs.
+
+    Artifacts shown in the Prefect UI use `artifacts_command` instead (tasks/links.py)."""
     return uri if "://" in uri else Path(uri).as_uri()
 
 
@@ -267,26 +270,18 @@ def with_cost(cells: dict[str, str], record: UnitRecord | None) -> dict[str, str
 
 def publish_unit_report(ctx: RunContext, unit: UnitSpec, record: UnitRecord) -> None:
     """The unit's markdown report and links to its outputs; call it when the unit ends."""
-    runs = RunStore(ArtifactStore(ctx.store_url), ctx.run_key)
     note_unit(ctx.run_key, record)
     try:
         create_markdown_artifact(
             key=artifact_key(ctx.feature_id, f"unit-{unit.id}"),
-            markdown=unit_markdown(unit, record, runs),
+            markdown=unit_markdown(ctx, unit, record),
             description=f"Unit {unit.id} of run {ctx.run_key}: {record.status.value}",
         )
-        for name in record.outputs:
-            create_link_artifact(
-                key=artifact_key(ctx.feature_id, f"unit-{unit.id}-output-{name}"),
-                link=link_for(runs.store.uri(runs.output_key(unit.id, name))),
-                link_text=f"{unit.id}/{name}",
-                description=f"Output {name!r} of unit {unit.id} (run {ctx.run_key})",
-            )
     except Exception as exc:  # never turn a finished unit into a failed one
         log.warning("Could not publish the report of unit %s: %s", unit.id, exc)
 
 
-def unit_markdown(unit: UnitSpec, record: UnitRecord, runs: RunStore) -> str:
+def unit_markdown(ctx: RunContext, unit: UnitSpec, record: UnitRecord) -> str:
     lines = [
         f"# Unit `{unit.id}`: {unit.display_title}",
         "",
@@ -294,7 +289,8 @@ def unit_markdown(unit: UnitSpec, record: UnitRecord, runs: RunStore) -> str:
         "|---|---|---|---|---|---|---|",
         f"| {record.status.value} | {record.attempts} | {record.iterations} | "
         f"{format_duration(record.duration_s)} | {record.total_usage.cost_text()} | "
-        f"`{record.branch}` | {f'`{record.commit[:12]}`' if record.commit else 'none'} |",
+        f"{branch_markdown(ctx, record.branch)} | "
+        f"{f'`{record.commit[:12]}`' if record.commit else 'none'} |",
         "",
         *usage_lines(record),
         "## Summary",
@@ -312,17 +308,28 @@ def unit_markdown(unit: UnitSpec, record: UnitRecord, runs: RunStore) -> str:
         lines += [f"- failing: `{t}`" for t in tests.failing_tests[:20]]
     lines += ["", f"## Files changed ({len(record.files_changed)})", ""]
     lines += [f"- `{f}`" for f in record.files_changed] or ["_None._"]
-    if record.outputs:
-        lines += ["", "## Outputs", ""]
-        lines += [
-            f"- [{n}]({link_for(runs.store.uri(runs.output_key(unit.id, n)))})"
-            for n in record.outputs
-        ]
-    if record.log_path:
-        lines += ["", "## Log", "", f"[{record.log_path}]({link_for(record.log_path)})"]
     if record.error:
         lines += ["", "## Last error", "", "```", record.error.strip(), "```"]
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", *_unit_files(ctx, unit.id, record)]) + "\n"
+
+
+def _unit_files(ctx: RunContext, unit_id: str, record: UnitRecord) -> list[str]:
+    """How to fetch what the unit stored, from any machine that reaches the store."""
+
+    def fetch(name: str) -> str:
+        return f"`{artifacts_command(ctx.run_key, ctx.store_url, unit_id, get=name)}`"
+
+    lines = [
+        "## Stored files",
+        "",
+        f"All of them: `{artifacts_command(ctx.run_key, ctx.store_url, unit_id)}`",
+        "",
+    ]
+    lines += [f"- output `{n}`: {fetch(f'outputs/{n}')}" for n in record.outputs]
+    if record.log_path:
+        log_name = record.log_path.rsplit("/", 1)[-1]
+        lines.append(f"- log of attempt {record.attempts}: {fetch(f'logs/{log_name}')}")
+    return lines
 
 
 def usage_lines(record: UnitRecord) -> list[str]:
@@ -360,12 +367,20 @@ def publish_run_report(ctx: RunContext, result: FeatureResult) -> None:
             markdown=markdown,
             description=f"Run {ctx.run_key}: {result.status.value}",
         )
-        create_link_artifact(
+        create_markdown_artifact(
             key=artifact_key(ctx.feature_id, "store"),
-            link=link_for(runs.store.uri(runs.prefix)),
-            link_text=f"runs/{ctx.run_key}",
+            markdown=f"Everything run `{ctx.run_key}` stored (ledger, logs, outputs, reports), "
+            f"from any machine that reaches the store:\n\n"
+            f"`{artifacts_command(ctx.run_key, ctx.store_url)}`\n",
             description=f"Everything run {ctx.run_key} stored: ledger, logs, outputs, reports",
         )
+        if opens_in_browser(result.pr_url):
+            create_link_artifact(
+                key=artifact_key(ctx.feature_id, "pull-request"),
+                link=result.pr_url,
+                link_text=result.pr_url,
+                description=f"The pull request of run {ctx.run_key}",
+            )
     except Exception as exc:  # the run's outcome is already decided and saved
         log.warning("Could not publish the report of run %s: %s", ctx.run_key, exc)
 
@@ -384,11 +399,14 @@ def run_markdown(ctx: RunContext, result: FeatureResult, runs: RunStore) -> str:
         lines.append(f"- **Problem:** {result.error}")
     if result.feature_branch:
         lines.append(
-            f"- **Feature branch:** `{result.feature_branch}` at `{result.feature_commit[:12]}`"
+            f"- **Feature branch:** {branch_markdown(ctx, result.feature_branch)} at "
+            f"`{result.feature_commit[:12]}`"
         )
-    if result.pr_url or result.pr_path:
-        where = result.pr_url or result.pr_path
-        lines.append(f"- **Pull request:** [{where}]({link_for(where)})")
+    if opens_in_browser(result.pr_url):
+        lines.append(f"- **Pull request:** [{result.pr_url}]({result.pr_url})")
+    elif result.pr_path:
+        command = artifacts_command(ctx.run_key, ctx.store_url, get="feature/pr.md")
+        lines.append(f"- **Pull request description:** `{command}`")
     if result.gate:
         lines.append(f"- **Feature test gate:** {result.gate.one_line()}")
     spend = Usage.total(r.total_usage for r in result.units)
@@ -397,8 +415,7 @@ def run_markdown(ctx: RunContext, result: FeatureResult, runs: RunStore) -> str:
 
 
 def units_markdown(result: FeatureResult, runs: RunStore) -> str:
-    """Every unit in one table, then where the run's files are."""
-    store_url = runs.store.uri(runs.prefix)
+    """Every unit in one table, then how to fetch the run's files."""
     lines = [
         "| Unit | Status | Attempts | Duration | Cost | Tests | Files | Last error |",
         "|---|---|---|---|---|---|---|---|",
@@ -411,5 +428,6 @@ def units_markdown(result: FeatureResult, runs: RunStore) -> str:
             f"{format_duration(r.duration_s)} | {r.total_usage.cost_text()} | {tests} | "
             f"{len(r.files_changed)} | {error} |"
         )
-    lines += ["", f"Everything the run stored: [{store_url}]({link_for(store_url)})"]
+    command = artifacts_command(result.run_key, runs.store.url)
+    lines += ["", f"Everything the run stored: `{command}`"]
     return "\n".join(lines) + "\n"

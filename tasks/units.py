@@ -12,8 +12,9 @@ import shutil
 import time
 from pathlib import Path
 
-from prefect import task
+from prefect import tags, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TagsContext, TaskRunContext
 from pydantic import BaseModel
 
 from flotilla.estimate import prompt_size
@@ -26,10 +27,12 @@ from flotilla.usage import AttemptUsage, Usage
 from tasks.agents import AgentGaveUp, AgentInvocation, AgentOutcome, run_agent_until_done
 from tasks.checks import run_tests, test_env
 from tasks.control import proposals_key
+from tasks.naming import retire_tag_queues, unit_tag, unit_task_name
 from tasks.reporting import note_unit, publish_unit_report
 from tasks.spending import UnitBudget
 from tasks.stats import record_duration, record_usage
 from tasks.store import ArtifactStore, RunStore
+from tasks.unit_diff import publish_unit_diff
 from tasks.workspace import Workspace, identity_env
 
 TAIL_FOR_PROMPT = 80
@@ -72,8 +75,15 @@ def run_store_for(ctx: RunContext) -> RunStore:
 @task(name="run-unit", persist_result=False, cache_policy=NO_CACHE)
 def run_unit(job: UnitJob) -> UnitRecord:
     runner = UnitRunner(job)
+    own = TaskRunContext.get()
+    if own is not None:  # this task run holds its slot: its tags' queue has served it
+        retire_tag_queues(own.task_run.tags)
     try:
-        return runner.run()
+        with tags(unit_tag(job.unit.id)):  # its step task runs are the unit's too
+            try:
+                return runner.run()
+            finally:
+                retire_tag_queues(TagsContext.get().current_tags)  # the steps' tags
     finally:
         publish_unit_report(job.ctx, job.unit, runner.record)
 
@@ -195,8 +205,12 @@ class UnitRunner:
             self.record.log_path = self.runs.store.uri(self.runs.log_key(self.unit.id, attempt))
 
     def _attempt(self, attempt: int, local: Path, log_file: Path) -> None:
-        worktree = step_worktree.with_options(name="worktree")(self)
-        step_inputs.with_options(name="inputs")(self, local / "inputs")
+        worktree = step_worktree.with_options(name="worktree", task_run_name=self.step("worktree"))(
+            self
+        )
+        step_inputs.with_options(name="inputs", task_run_name=self.step("inputs"))(
+            self, local / "inputs"
+        )
         prompt_file = local / "prompt.md"
         prompt_file.write_text(self.prompt_text())
         invocation = AgentInvocation(
@@ -237,12 +251,15 @@ class UnitRunner:
                     ),
                 }
             )
-            name = f"agent-iteration-{iteration}"
             try:
-                step_agent.with_options(name=name, task_run_name=name)(self, invocation)
+                step_agent.with_options(
+                    name="agent", task_run_name=self.step(f"agent #{iteration}")
+                )(self, invocation)
             except AttemptFailed as failed:
                 raise self.stopped_by_budget(worktree, failed) from None
-            tests = step_tests.with_options(name="tests")(self, worktree, log_file)
+            tests = step_tests.with_options(name="tests", task_run_name=self.step("tests"))(
+                self, worktree, log_file
+            )
             self.save(tests=tests)
             if tests is None or tests.ok:
                 break
@@ -253,10 +270,18 @@ class UnitRunner:
                 FailureClass.TESTS_FAILED,
                 f"tests failed after {self.record.iterations} iteration(s): {tests.one_line()}",
             )
-        step_commit.with_options(name="commit")(self, worktree, local / "summary.md")
-        step_outputs.with_options(name="outputs")(self, local / "outputs")
+        step_commit.with_options(name="commit", task_run_name=self.step("commit"))(
+            self, worktree, local / "summary.md"
+        )
+        step_outputs.with_options(name="outputs", task_run_name=self.step("outputs"))(
+            self, local / "outputs"
+        )
         self.keep_proposals(local / "new-units.json")
         self.workspace.remove_worktree(worktree)
+
+    def step(self, name: str) -> str:
+        """A step's task run name: `<unit> · <step>`, so the UI groups a unit's steps."""
+        return unit_task_name(self.unit.id, name)
 
     def keep_proposals(self, path: Path) -> None:
         """Store the follow-up units the agent proposed (before the ledger says succeeded), so
@@ -371,6 +396,7 @@ def step_commit(runner: UnitRunner, worktree: Path, summary_file: Path) -> str:
     files = runner.workspace.changed_files(runner.record.start_commit, sha)
     runner.runs.store.write_text(runner.runs.summary_key(runner.unit.id), summary + "\n")
     runner.save(commit=sha, files_changed=files, summary=summary)
+    publish_unit_diff(runner.ctx, runner.record, runner.workspace)
     return sha
 
 

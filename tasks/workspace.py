@@ -180,6 +180,12 @@ class Workspace:
         out = self._git("diff", "--name-only", "--no-renames", "-z", since, until).stdout
         return sorted(p for p in out.split("\0") if p)
 
+    def diff(self, since: str, until: str) -> tuple[str, str]:
+        """What changed between two commits, for a reader: `git diff --stat` and the patch."""
+        stat = self._git("diff", "--stat", since, until).stdout
+        patch = self._git("diff", "--no-color", since, until).stdout
+        return stat, patch
+
     # -- worktrees -------------------------------------------------------------------------
 
     def create_worktree(self, unit_branch: str, start: str) -> Path:

@@ -8,7 +8,6 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import yaml
 from prefect.client.orchestration import get_client
@@ -173,18 +172,17 @@ def test_a_run_shows_live_progress_a_unit_table_and_reports(tmp_path):
     assert "| failed | 1 |" in broken and "## Last error" in broken and "boom" in broken
     assert not artifacts(f"{feature}-unit-after-broken")  # it never ran
 
-    # Links to the unit's outputs in the store.
-    link = latest(f"{feature}-unit-slow-output-notes-txt")
-    url = link.data[link.data.index("(") + 1 : -1]
-    assert url.startswith("file://")
-    assert Path(unquote(urlparse(url).path)).read_text() == "notes\n"
+    # How to fetch the unit's outputs from the store: a command, not a worker-local path.
+    fetch = f"flotilla artifacts live slow --get outputs/notes.txt --store {store}"
+    assert f"- output `notes.txt`: `{fetch}`" in slow
+    assert main(fetch.split()[1:]) == 0
 
     # The final report: the failure report kept in the store, then every unit.
     report = latest(f"{feature}-report").data
     failure = (store / "runs" / "live" / "feature" / "report.md").read_text()
     assert report.startswith(failure.rstrip()) and "1 unit(s) failed: broken" in report
     assert "| `broken` | failed | 1 |" in report and "| `slow` | succeeded | 1 |" in report
-    assert "runs/live" in latest(f"{feature}-store").data
+    assert f"flotilla artifacts live --store {store}" in latest(f"{feature}-store").data
 
 
 def test_each_run_of_a_feature_adds_a_version_under_the_same_keys(tmp_path):

@@ -141,6 +141,13 @@ def test_opens_a_draft_pr_then_updates_it_on_the_next_run(
     ]
     assert PR_URL in (feature_dir / "report.md").read_text()  # the run report links the PR
     assert f"{PR_URL} (opened on github)" in prefect_texts(start)  # the PR artifact in the UI
+    # In the UI, the PR and the branches are links to GitHub (an Enterprise server's web root).
+    web = github.url.removesuffix("/api/v3") + "/acme/app/tree"
+    texts = prefect_texts(start)
+    assert f"- **Pull request:** [{PR_URL}]({PR_URL})" in texts
+    assert f"[`flotilla/gh-feature`]({web}/flotilla/gh-feature)" in texts
+    assert f"[`flotilla/gh-feature--models`]({web}/flotilla/gh-feature--models)" in texts
+    assert f"[{PR_URL}]({PR_URL})The pull request of run gh-1" in texts  # the link artifact
 
     # The same feature again, this time with the token in a Prefect Secret block.
     monkeypatch.delenv("GITHUB_TOKEN")
