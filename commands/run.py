@@ -21,6 +21,11 @@ def register(sub) -> None:
     run.add_argument("--store", metavar="URL", help="artifact store (default: .flotilla/store)")
     run.add_argument("--run-key", metavar="KEY", help="run key (default: <feature>-<time>)")
     run.add_argument("--workdir", metavar="DIR", help="clones and worktrees (.flotilla/work)")
+    run.add_argument(
+        "--pool",
+        metavar="NAME",
+        help="run each unit as a flow run of the `unit` deployment on this Prefect work pool",
+    )
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -45,7 +50,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.feature import build_context, feature
 
     ctx = build_context(
-        args.request, args.repo, args.base, args.workflow, args.store, args.run_key, args.workdir
+        args.request,
+        args.repo,
+        args.base,
+        args.workflow,
+        args.store,
+        args.run_key,
+        args.workdir,
+        args.pool,
     )
     print(f"Run key: {ctx.run_key}  (store: {ctx.store_url})", flush=True)
     state = feature(
@@ -56,6 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         store=ctx.store_url,
         run_key=ctx.run_key,
         workdir=os.path.dirname(ctx.workdir),
+        pool=args.pool,
         return_state=True,
     )
     from commands.durability import report_outcome

@@ -22,6 +22,7 @@ from flotilla.results import (
 )
 from flotilla.runs import RunContext, check_run_key, new_run_key, resolve_repo
 from flotilla.settings import get_settings
+from flotilla.spec import WorkflowSpec
 from flows.decompose import decompose
 from flows.implement import ImplementResult, implement
 from flows.integrate import MergeResult, merge
@@ -54,12 +55,15 @@ def build_context(
     store: str | None = None,
     run_key: str | None = None,
     workdir: str | None = None,
+    pool: str | None = None,
 ) -> RunContext:
-    """Validate every input and resolve defaults. Touches nothing: no clone, no store entry."""
+    """Validate every input and resolve defaults. Touches nothing: no clone, no store entry.
+
+    `pool` runs the work_loop stage's units on that Prefect work pool (its `work_pool`)."""
     settings = get_settings()
     request_path = Path(request).resolve()
     spec = load_request(request_path)
-    flow_spec = load_workflow(workflow)
+    flow_spec = on_work_pool(load_workflow(workflow), pool) if pool else load_workflow(workflow)
     repo_url = repo or (spec.repo.url if spec.repo else None)
     if not repo_url:
         raise RunError(
@@ -97,6 +101,7 @@ def feature(
     resume: bool = False,
     rerun: list[str] | None = None,
     force: bool = False,
+    pool: str | None = None,
 ) -> FeatureResult | State:
     """Run a feature request; or, with `resume` and `run_key`, carry on a run from the store.
 
@@ -110,7 +115,7 @@ def feature(
     elif request is None:
         raise RunError("Pass a feature request file (request), or resume=True with a run_key.")
     else:
-        ctx = build_context(request, repo, base, workflow, store, run_key, workdir)
+        ctx = build_context(request, repo, base, workflow, store, run_key, workdir, pool)
     result = run_feature(ctx, resume=resume, rerun=rerun, force=force)
     if result.status == FeatureStatus.PAUSED:
         return Cancelled(name="Paused", message=result.error)
@@ -221,6 +226,17 @@ def _run_stages(
     if result.status != FeatureStatus.SUCCEEDED:
         raise FeatureFailed(f"Feature {ctx.feature_id} (run {ctx.run_key}) failed: {result.error}")
     return result
+
+
+def on_work_pool(workflow: WorkflowSpec, pool: str) -> WorkflowSpec:
+    """The workflow with its work_loop stage's units sent to the work pool `pool`."""
+    stages = [
+        s.model_copy(update={"work_pool": pool}) if s.processor == "work_loop" else s
+        for s in workflow.workflow.stages
+    ]
+    return workflow.model_copy(
+        update={"workflow": workflow.workflow.model_copy(update={"stages": stages})}
+    )
 
 
 def _flow_run():

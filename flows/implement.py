@@ -12,7 +12,6 @@ import concurrent.futures as cf
 from logging import Logger, LoggerAdapter
 
 from prefect import flow, get_run_logger
-from prefect.futures import PrefectFuture
 from pydantic import BaseModel, Field
 
 from flotilla.growth import AddedUnit, review_proposals
@@ -23,9 +22,10 @@ from flotilla.scheduling import blocked_by_failures, by_urgency, ready_units
 from flotilla.spec import UnitSpec
 from tasks.checkpoints import CheckpointWriter
 from tasks.control import load_added, pause_requested, proposals_key, save_added
+from tasks.launching import launcher_for
 from tasks.reporting import TICK_S, publish_unit_table, start_run_report
 from tasks.stats import typical_durations
-from tasks.units import UnitJob, run_store_for, run_unit, workspace_for
+from tasks.units import UnitJob, run_store_for, workspace_for
 
 
 class ImplementResult(BaseModel):
@@ -57,6 +57,7 @@ def implement(
         for raw in done:
             loop.finish(raw)
         publish_unit_table(ctx.feature_id, loop.table(), ctx.run_key)
+    loop.launcher.close()  # unit flow runs still in flight (on a pool) go on without us
     publish_unit_table(ctx.feature_id, loop.table(), ctx.run_key)
     return loop.result()
 
@@ -86,7 +87,8 @@ class UnitLoop:
         self.status: dict[str, UnitStatus] = {u: UnitStatus.PENDING for u in self.plan.units}
         self.records: dict[str, UnitRecord] = {}
         self.ledger = self.runs.read_ledger()
-        self.running: dict[cf.Future, tuple[str, PrefectFuture]] = {}
+        self.running: dict[cf.Future, tuple[str, cf.Future]] = {}
+        self.launcher = launcher_for(ctx, self.runs, self.workspace, logger)
         self.checkpoints = CheckpointWriter(ctx, self.runs, self.workspace)
         self.pause_seen = False
         self._mark_pending(list(self.plan.units))
@@ -153,11 +155,9 @@ class UnitLoop:
                 reused += 1
                 continue
             self.status[unit_id] = UnitStatus.RUNNING
-            future = run_unit.with_options(
-                task_run_name=f"unit-{unit_id}",
-                tags=[f"flotilla:{self.plan.settings[unit_id].resources}"],
-            ).submit(job)
-            self.running[future.wrapped_future] = (unit_id, future)
+            tags = [f"flotilla:{self.plan.settings[unit_id].resources}"]
+            handle = self.launcher.launch(job, tags)
+            self.running[handle] = (unit_id, handle)
         return reused
 
     def job_for(self, unit_id: str) -> UnitJob:
