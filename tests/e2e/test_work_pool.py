@@ -1,0 +1,132 @@
+"""`flotilla run --pool`: every unit a flow run of the `unit` deployment, run by process
+workers that share nothing but the Prefect API (on PostgreSQL), the store and a bare git remote.
+
+A laptop trial: the store is a local directory and the remote a local bare repository. The
+orchestrator is killed with `kill -9` mid-run; `flotilla resume` finishes the run, and no unit's
+agent ever starts twice: the finished unit is reused, and the one still in flight on a worker
+(held until the resumed orchestrator runs) is adopted, not started again.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+
+import pytest
+
+from flotilla.results import UnitStatus
+from tasks.store import ArtifactStore, RunStore
+from tests.e2e.helpers import git, make_target, timeline_of, write_request
+from tests.e2e.pool_helpers import (
+    bare_remote,
+    deploy,
+    flotilla,
+    machine_env,
+    postgres_database,
+    prefect_server,
+    start_worker,
+    stop_all,
+    unit_flow_runs,
+    wait_until,
+)
+
+RUN_KEY = "pooled"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A Prefect server on PostgreSQL with `make deploy` done."""
+    base = tmp_path_factory.mktemp("pool-server")
+    with (
+        postgres_database() as database_url,
+        prefect_server(base / "prefect-home", database_url) as server,
+    ):
+        deploy(server)
+        yield server
+
+
+def units() -> list[dict]:
+    """A DAG with an artifact: schema -> parser -> cli; docs holds until the test releases it."""
+    return [
+        {"id": "schema", "outputs": ["schema.json"]},
+        {"id": "docs", "env": {"WAIT_FOR": "release", "WAIT_S": "280"}, "timeout_s": 300},
+        {"id": "parser", "inputs": ["schema/schema.json"]},
+        {"id": "cli", "depends_on": ["parser"]},
+    ]
+
+
+@pytest.mark.slow
+def test_units_run_on_pool_workers_and_a_killed_orchestrator_resumes(server, tmp_path):
+    timeline = tmp_path / "timeline.txt"
+    timeline.touch()
+    request = write_request(tmp_path, units(), timeline=timeline)
+    remote = bare_remote(make_target(tmp_path / "target"), tmp_path / "remote.git")
+    store = str(tmp_path / "store")
+    workers = [start_worker(server, tmp_path / f"machine-{n}") for n in (1, 2)]
+    orchestrator_env = machine_env(server, tmp_path / "orchestrator")
+    logs = [tmp_path / "orchestrator" / "run.log", *(w for w in tmp_path.glob("*/worker.log"))]
+    workdir = str(tmp_path / "orchestrator" / "work")
+    runs = RunStore(ArtifactStore(store), RUN_KEY)
+    try:
+        run = flotilla(
+            orchestrator_env,
+            "run",
+            str(request),
+            "--repo",
+            str(remote),
+            "--run-key",
+            RUN_KEY,
+            "--pool",
+            "flotilla",
+            "--store",
+            store,
+            "--workdir",
+            workdir,
+            log=logs[0],
+        )
+
+        def schema_done_docs_running() -> bool:
+            record = runs.read_record("schema")
+            return bool(record and record.status == UnitStatus.SUCCEEDED) and (
+                "start docs " in timeline.read_text()
+            )
+
+        wait_until("schema done and docs running", schema_done_docs_running, 240, logs)
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=10)
+
+        resume_log = tmp_path / "orchestrator" / "resume.log"
+        logs.append(resume_log)
+        resumed = flotilla(orchestrator_env, "resume", RUN_KEY, "--store", store, log=resume_log)
+        # docs' flow run outlived its orchestrator; the resumed one adopts it and starts parser
+        wait_until("parser started", lambda: "start parser " in timeline.read_text(), 240, logs)
+        with timeline.open("a") as log:
+            log.write(f"start release {time.time():.6f}\n")
+        assert resumed.wait(timeout=300) == 0, resume_log.read_text()
+    finally:
+        stop_all(workers)
+
+    ledger = runs.read_ledger()
+    assert {u: r.status for u, r in ledger.items()} == dict.fromkeys(
+        ["schema", "docs", "parser", "cli"], UnitStatus.SUCCEEDED
+    )
+    # every unit's agent ran exactly once, on a worker: none redone after the kill
+    lines = [line.split() for line in timeline.read_text().splitlines()]
+    starts = Counter(unit for kind, unit, _ in lines if kind == "start")
+    assert starts == Counter({"schema": 1, "docs": 1, "parser": 1, "cli": 1, "release": 1})
+    flow_runs = unit_flow_runs(server, RUN_KEY)
+    assert Counter(r["parameters"]["unit_id"] for r in flow_runs) == dict.fromkeys(ledger, 1)
+    assert {r["state_type"] for r in flow_runs} == {"COMPLETED"}
+    worked = {p.parent.parent.parent.name for p in tmp_path.glob(f"machine-*/work/{RUN_KEY}/units")}
+    assert worked == {"machine-1", "machine-2"}  # both workers took units
+    assert not (tmp_path / "orchestrator" / "work" / RUN_KEY / "units").exists()
+    # the worker pushed each unit branch; the orchestrator merged them into the feature branch
+    for unit_id, record in ledger.items():
+        assert git(remote, "rev-parse", f"flotilla/demo-feature--{unit_id}") == record.commit
+    assert "schema/schema.json" in git(remote, "show", "flotilla/demo-feature:units/parser.txt")
+    for unit_id in ledger:
+        text = git(remote, "show", f"flotilla/demo-feature:units/{unit_id}.txt")
+        assert text.startswith(unit_id)
+    spans = timeline_of(timeline)
+    assert spans["schema"][1] <= spans["parser"][0] <= spans["parser"][1] <= spans["cli"][0]
