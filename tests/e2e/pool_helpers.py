@@ -92,9 +92,11 @@ def prefect_server(home: Path, database_url: str, extra: dict[str, str] | None =
         stop(process)
 
 
-def deploy(server: Server) -> None:
-    """`make deploy`: the work pool, the zombie automation and prefect.yaml's deployments."""
-    cli(server.env, sys.executable, "-m", "deployments.setup", "--automation")
+def deploy(server: Server, zombie_after_s: int) -> None:
+    """`make deploy`: the work pool, the zombie automation (flow runs without a heartbeat for
+    `zombie_after_s` are marked Crashed) and prefect.yaml's deployments."""
+    setup = [sys.executable, "-m", "deployments.setup", "--automation"]
+    cli(server.env, *setup, "--zombie-after", str(zombie_after_s))
     cli(server.env, PREFECT, "--no-prompt", "deploy", "--all")
 
 

@@ -1,10 +1,16 @@
 """`flotilla run --pool`: every unit a flow run of the `unit` deployment, run by process
 workers that share nothing but the Prefect API (on PostgreSQL), the store and a bare git remote.
+Each worker is a "machine" of its own: its own HOME, PREFECT_HOME and FLOTILLA_WORKDIR.
 
 A laptop trial: the store is a local directory and the remote a local bare repository. The
 orchestrator is killed with `kill -9` mid-run; `flotilla resume` finishes the run, and no unit's
 agent ever starts twice: the finished unit is reused, and the one still in flight on a worker
 (held until the resumed orchestrator runs) is adopted, not started again.
+
+Then workers die: with the store on S3 (moto) and three workers, the worker running a unit is
+killed with `kill -9` along with everything it started. Its flow run stops sending heartbeats;
+the zombie automation marks it Crashed; the orchestrator starts the unit again, another worker
+runs it, and the run completes without redoing any finished unit.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from tests.e2e.pool_helpers import (
     bare_remote,
     deploy,
     flotilla,
+    kill_machine,
     machine_env,
     postgres_database,
     prefect_server,
@@ -32,6 +39,8 @@ from tests.e2e.pool_helpers import (
 )
 
 RUN_KEY = "pooled"
+HEARTBEAT_S = 30  # Prefect's shortest flow-run heartbeat period
+ZOMBIE_AFTER_S = 50  # a flow run silent this long is marked Crashed by the automation
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +51,7 @@ def server(tmp_path_factory):
         postgres_database() as database_url,
         prefect_server(base / "prefect-home", database_url) as server,
     ):
-        deploy(server)
+        deploy(server, ZOMBIE_AFTER_S)
         yield server
 
 
@@ -130,3 +139,80 @@ def test_units_run_on_pool_workers_and_a_killed_orchestrator_resumes(server, tmp
         assert text.startswith(unit_id)
     spans = timeline_of(timeline)
     assert spans["schema"][1] <= spans["parser"][0] <= spans["parser"][1] <= spans["cli"][0]
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_unit_has_its_unit_run_again_on_another(
+    server, tmp_path, moto_s3, s3_store_url
+):
+    timeline = tmp_path / "timeline.txt"
+    timeline.touch()
+    request = write_request(
+        tmp_path,
+        [
+            {"id": "quick", "outputs": ["notes.md"]},
+            # held on its first start: its worker is killed while it waits
+            {"id": "victim", "env": {"WAIT_FOR": "release", "WAIT_S": "600"}, "timeout_s": 900},
+            {"id": "other"},
+            {"id": "after", "depends_on": ["victim"], "inputs": ["quick/notes.md"]},
+        ],
+        timeline=timeline,
+    )
+    remote = bare_remote(make_target(tmp_path / "target"), tmp_path / "remote.git")
+    machine_vars = {**moto_s3.env, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)}
+    machines = [tmp_path / f"machine-{n}" for n in (1, 2, 3)]
+    workers = {m.name: start_worker(server, m, machine_vars) for m in machines}
+    log = tmp_path / "orchestrator" / "run.log"
+    logs = [log, *(m / "worker.log" for m in machines)]
+    runs = RunStore(ArtifactStore(s3_store_url, endpoint_url=moto_s3.endpoint_url), "crashy")
+    try:
+        run = flotilla(
+            machine_env(server, tmp_path / "orchestrator", moto_s3.env),
+            "run",
+            str(request),
+            "--repo",
+            str(remote),
+            "--store",
+            s3_store_url,
+            "--workdir",
+            str(tmp_path / "orchestrator" / "work"),
+            "--run-key",
+            "crashy",
+            "--pool",
+            "flotilla",
+            log=log,
+        )
+
+        def machine_of_victim() -> str | None:
+            if "start victim " not in timeline.read_text():
+                return None
+            return next(m.name for m in machines if (m / "work/crashy/units/victim").is_dir())
+
+        wait_until("the victim's agent started", lambda: machine_of_victim() is not None, 240, logs)
+        doomed = machine_of_victim()
+        kill_machine(workers.pop(doomed))
+        with timeline.open("a") as out:  # the next start of the victim's agent goes straight on
+            out.write(f"start release {time.time():.6f}\n")
+        assert run.wait(timeout=600) == 0, log.read_text()
+    finally:
+        stop_all(list(workers.values()))
+
+    ledger = runs.read_ledger()
+    assert {u: r.status for u, r in ledger.items()} == dict.fromkeys(
+        ["quick", "victim", "other", "after"], UnitStatus.SUCCEEDED
+    )
+    flow_runs = unit_flow_runs(server, "crashy")
+    victim_runs = [r for r in flow_runs if r["parameters"]["unit_id"] == "victim"]
+    assert [r["state_type"] for r in victim_runs] == ["CRASHED", "COMPLETED"]
+    assert "No heartbeat" in victim_runs[0]["state"]["message"]
+    assert {r["state_type"] for r in flow_runs if r not in victim_runs} == {"COMPLETED"}
+    # run again on another machine; no finished unit was redone
+    rerun_on = {m.name for m in machines if (m / "work/crashy/units/victim").is_dir()} - {doomed}
+    assert len(rerun_on) == 1
+    lines = [line.split() for line in timeline.read_text().splitlines()]
+    starts = Counter(unit for kind, unit, _ in lines if kind == "start")
+    assert starts == Counter({"quick": 1, "victim": 2, "other": 1, "after": 1, "release": 1})
+    assert "crashed" in log.read_text()
+    after = git(remote, "show", "flotilla/demo-feature:units/after.txt")
+    assert after.startswith("after") and "quick/notes.md" in after
+    assert git(remote, "show", "flotilla/demo-feature:units/victim.txt").startswith("victim")
