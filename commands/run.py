@@ -59,6 +59,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.workdir,
         args.pool,
     )
+    stage = ctx.stage("work_loop")
+    if stage is not None and stage.work_pool:  # --pool or the workflow's `work_pool`
+        from tasks.launching import check_pool
+
+        check_pool(stage.work_pool, ctx.store_url)  # a pool that cannot work changes nothing
     print(f"Run key: {ctx.run_key}  (store: {ctx.store_url})", flush=True)
     state = feature(
         request=args.request,

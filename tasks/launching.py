@@ -131,6 +131,7 @@ class PoolLauncher:
         log: Logger | LoggerAdapter,
     ):
         self.ctx, self.pool, self.runs, self.workspace, self.log = ctx, pool, runs, workspace, log
+        check_pool(pool, ctx.store_url)
         self.deployment_id = find_unit_deployment(pool)
         # Units finished by workers while no orchestrator watched: their branches are on the
         # remote only, and the scheduler reuses a unit only when its branch is here.
@@ -238,12 +239,13 @@ class PoolLauncher:
             self.units.pop(flow_run.id, None)
         if state.is_crashed() and unit.launches <= LOST_RUN_RELAUNCHES:
             self.log.warning(
-                "Unit %s: its flow run %s crashed (%s); the worker is gone. Starting it again "
-                "on another worker (launch %d).",
+                "Unit %s: its flow run %s ended Crashed (%s). Starting it again on another "
+                "worker (launch %d of at most %d).",
                 unit_id,
                 flow_run.id,
                 state.message or "no message",
                 unit.launches + 1,
+                LOST_RUN_RELAUNCHES + 1,
             )
             try:
                 again = self._start(unit.job)
@@ -292,6 +294,16 @@ class PoolLauncher:
         """Stop watching; unit flow runs still in flight go on, and a resume adopts them."""
         self._stop.set()
         self._thread.join(timeout=10)
+
+
+def check_pool(pool: str, store_url: str) -> None:
+    """Before a run starts: the pool has the `unit` deployment and workers can reach the store."""
+    if store_url.startswith("memory://"):
+        raise RunError(
+            f"The store {store_url} lives in this process's memory, which workers of the pool "
+            f"{pool!r} cannot read. Pass --store with a directory the workers share or s3://..."
+        )
+    find_unit_deployment(pool)
 
 
 def find_unit_deployment(pool: str) -> UUID:

@@ -18,9 +18,12 @@ from __future__ import annotations
 import signal
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
+import yaml
 
+from flotilla.cli import main
 from flotilla.results import UnitStatus
 from tasks.store import ArtifactStore, RunStore
 from tests.e2e.helpers import git, make_target, timeline_of, write_request
@@ -38,6 +41,7 @@ from tests.e2e.pool_helpers import (
     wait_until,
 )
 
+DEFAULT_WORKFLOW = Path(__file__).parents[2] / "flotilla" / "default_workflow.yaml"
 RUN_KEY = "pooled"
 HEARTBEAT_S = 30  # Prefect's shortest flow-run heartbeat period
 ZOMBIE_AFTER_S = 50  # a flow run silent this long is marked Crashed by the automation
@@ -63,6 +67,30 @@ def units() -> list[dict]:
         {"id": "parser", "inputs": ["schema/schema.json"]},
         {"id": "cli", "depends_on": ["parser"]},
     ]
+
+
+@pytest.mark.parametrize("where", ["--pool", "work_pool"])
+def test_a_pool_without_the_unit_deployment_is_refused_before_the_run_starts(
+    tmp_path, capsys, where
+):
+    request = write_request(tmp_path, [{"id": "only"}], timeline=tmp_path / "timeline.txt")
+    args = ["run", str(request), "--repo", str(make_target(tmp_path / "target"))]
+    args += ["--store", str(tmp_path / "store"), "--workdir", str(tmp_path / "work")]
+    if where == "--pool":
+        args += ["--pool", "nowhere"]
+    else:
+        workflow = yaml.safe_load(DEFAULT_WORKFLOW.read_text())
+        loop = next(s for s in workflow["workflow"]["stages"] if s["processor"] == "work_loop")
+        loop["work_pool"] = "nowhere"
+        (tmp_path / "workflow.yaml").write_text(yaml.safe_dump(workflow))
+        args += ["--workflow", str(tmp_path / "workflow.yaml")]
+
+    assert main(args) == 1
+
+    error = capsys.readouterr().err
+    assert "no deployment of the `unit` flow on the work pool 'nowhere'" in error
+    assert "Run `make deploy`" in error
+    assert not (tmp_path / "store").exists() and not (tmp_path / "work").exists()
 
 
 @pytest.mark.slow
@@ -212,7 +240,8 @@ def test_a_worker_killed_mid_unit_has_its_unit_run_again_on_another(
     lines = [line.split() for line in timeline.read_text().splitlines()]
     starts = Counter(unit for kind, unit, _ in lines if kind == "start")
     assert starts == Counter({"quick": 1, "victim": 2, "other": 1, "after": 1, "release": 1})
-    assert "crashed" in log.read_text()
+    assert "Unit victim: its flow run" in log.read_text()
+    assert "ended Crashed (No heartbeat for 50 s" in log.read_text()
     after = git(remote, "show", "flotilla/demo-feature:units/after.txt")
     assert after.startswith("after") and "quick/notes.md" in after
     assert git(remote, "show", "flotilla/demo-feature:units/victim.txt").startswith("victim")
