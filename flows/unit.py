@@ -4,13 +4,16 @@ Workers on many machines can share one feature: each unit becomes a flow run of 
 deployment, picked up by whichever worker of the `flotilla` pool is free. A unit flow run needs
 only the run key and the unit id; everything else crosses machines through shared places:
 
-- the run's context and plan come from the store (`runs/<key>/run.json`, `plan.json`);
+- the run's context and plan come from the store (`runs/<key>/run.json`, `plan.json`), and,
+  when `flotilla run --pool` launched it, the start the scheduler chose
+  (`units/<unit>/launch.json`: base, dependencies, fingerprint);
 - the branches of the units it depends on come from the target's remote, where their own unit
   flow runs pushed them; this one pushes its branch there when it succeeds;
 - inputs and outputs (artifacts) go through the store, as in a single-machine run.
 
 The work loop is the same `run_unit` task the implement stage runs, with the same resource tag,
-so Prefect's tag concurrency limits hold across every machine.
+so Prefect's tag concurrency limits hold across every machine. A flow run started again after
+its worker died finds a unit that already succeeded and pushed, and does not redo it.
 """
 
 from __future__ import annotations
