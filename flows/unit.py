@@ -19,6 +19,7 @@ its worker died finds a unit that already succeeded and pushed, and does not red
 from __future__ import annotations
 
 import contextlib
+from datetime import datetime
 from pathlib import Path
 
 import networkx as nx
@@ -48,7 +49,7 @@ def unit(
     job = unit_job(run_key, unit_id, store=store, base_commit=base_commit, workdir=workdir)
     logger = get_run_logger()
     workspace = workspace_for(job.ctx)
-    if (done := already_done(job, workspace)) is not None:
+    if (done := already_done(job, workspace, launched_at(job))) is not None:
         logger.info("Unit %s already succeeded at %s; not running it again.", unit_id, done.commit)
         return done
     logger.info(
@@ -66,15 +67,24 @@ def unit(
     return record
 
 
-def already_done(job: UnitJob, workspace) -> UnitRecord | None:
-    """The unit's success with this very fingerprint, when its branch is on the remote: a flow
-    run started again after its worker died past the push finds its work done."""
+def launched_at(job: UnitJob) -> datetime | None:
+    launch = _launch(run_store_for(job.ctx), job.unit.id)
+    return launch.launched_at if launch is not None else None
+
+
+def already_done(job: UnitJob, workspace, since: datetime | None) -> UnitRecord | None:
+    """The unit's success with this very fingerprint since the scheduler launched it, when its
+    branch is on the remote: a flow run started again after its worker died past the push
+    finds its work done. (A unit launched again on purpose, `flotilla retry`, runs again.)"""
     runs = run_store_for(job.ctx)
     previous = runs.read_record(job.unit.id)
     if (
-        previous is None
+        since is None
+        or previous is None
         or previous.status != UnitStatus.SUCCEEDED
         or previous.fingerprint != job.fingerprint
+        or previous.finished_at is None
+        or previous.finished_at < since
     ):
         return None
     with contextlib.suppress(GitError):

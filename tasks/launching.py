@@ -21,6 +21,7 @@ import contextlib
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from logging import Logger, LoggerAdapter
 from typing import Protocol
 from uuid import UUID
@@ -42,10 +43,10 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 from prefect.states import State
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from flotilla.errors import GitError, RunError
-from flotilla.results import UnitStatus
+from flotilla.results import UnitStatus, utcnow
 from flotilla.runs import RunContext
 from tasks.recovery import restore_unit_branches
 from tasks.store import RunStore
@@ -54,6 +55,7 @@ from tasks.workspace import Workspace
 
 UNIT_FLOW = "unit"
 POLL_S = 1.0
+PAGE = 200
 LOST_RUN_RELAUNCHES = 3  # a unit whose flow runs keep crashing is a problem, not bad luck
 UNCLAIMED_WARNING_S = 60.0
 IN_FLIGHT = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]
@@ -67,6 +69,11 @@ class UnitLaunch(BaseModel):
     base_commit: str
     dependencies: list[str]
     fingerprint: str
+    launched_at: datetime = Field(
+        default_factory=utcnow,
+        description="When the scheduler chose to run the unit; a success recorded after it is "
+        "this launch's work (a flow run started again after a crash does not redo it).",
+    )
 
 
 def launch_key(runs: RunStore, unit_id: str) -> str:
@@ -159,19 +166,21 @@ class PoolLauncher:
                 "Unit %s: adopting its flow run %s, still in flight.", job.unit.id, flow_run_id
             )
         else:
-            flow_run_id = self._start(job)
+            flow_run_id = self._start(job, self._launch_of(job))
         with self._lock:
             self.units[flow_run_id] = PoolUnit(job, handle, since=time.monotonic())
         return handle
 
-    def _start(self, job: UnitJob) -> UUID:
+    def _launch_of(self, job: UnitJob) -> UnitLaunch:
         prefix = f"flotilla/{self.ctx.feature_id}--"
-        launch = UnitLaunch(
+        return UnitLaunch(
             unit_id=job.unit.id,
             base_commit=job.base_commit,
             dependencies=[b.removeprefix(prefix) for b in job.dep_branches],
             fingerprint=job.fingerprint,
         )
+
+    def _start(self, job: UnitJob, launch: UnitLaunch) -> UUID:
         self.runs.store.write_json(launch_key(self.runs, job.unit.id), launch)
         flow_run = run_deployment(
             self.deployment_id,
@@ -187,6 +196,13 @@ class PoolLauncher:
             tags=self.run_tags(job.unit.id),
         )
         return flow_run.id
+
+    def _launched(self, job: UnitJob) -> UnitLaunch:
+        """The launch as first written (its time marks what counts as this launch's work)."""
+        try:
+            return self.runs.store.read_model(launch_key(self.runs, job.unit.id), UnitLaunch)
+        except KeyError:
+            return self._launch_of(job)
 
     def run_tags(self, unit_id: str) -> list[str]:
         return ["flotilla", f"feature:{self.ctx.feature_id}", f"run:{self.ctx.run_key}"] + [
@@ -222,9 +238,13 @@ class PoolLauncher:
             waiting = dict(self.units)
         if not waiting:
             return
-        found = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(waiting)))
-        )
+        ids = list(waiting)
+        found = []
+        for at in range(0, len(ids), PAGE):  # the API answers at most 200 runs per call
+            chunk = ids[at : at + PAGE]
+            found += client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)), limit=len(chunk)
+            )
         for flow_run in found:
             state = flow_run.state
             if state is not None and state.is_final():
@@ -248,7 +268,7 @@ class PoolLauncher:
                 LOST_RUN_RELAUNCHES + 1,
             )
             try:
-                again = self._start(unit.job)
+                again = self._start(unit.job, self._launched(unit.job))
             except Exception as exc:
                 unit.handle.set_exception(exc)
                 return
