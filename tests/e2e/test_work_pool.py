@@ -5,7 +5,8 @@ Each worker is a "machine" of its own: its own HOME, PREFECT_HOME and FLOTILLA_W
 A laptop trial: the store is a local directory and the remote a local bare repository. The
 orchestrator is killed with `kill -9` mid-run; `flotilla resume` finishes the run, and no unit's
 agent ever starts twice: the finished unit is reused, and the one still in flight on a worker
-(held until the resumed orchestrator runs) is adopted, not started again.
+(held until the resumed orchestrator runs) is adopted, not started again. `flotilla retry
+--unit` then runs one unit and the unit after it again, on the pool.
 
 Then workers die: with the store on S3 (moto) and three workers, the worker running a unit is
 killed with `kill -9` along with everything it started. Its flow run stops sending heartbeats;
@@ -93,8 +94,14 @@ def test_a_pool_without_the_unit_deployment_is_refused_before_the_run_starts(
     assert not (tmp_path / "store").exists() and not (tmp_path / "work").exists()
 
 
+def starts_in(timeline: Path) -> Counter:
+    """unit -> how many times its agent started."""
+    lines = [line.split() for line in timeline.read_text().splitlines()]
+    return Counter(unit for kind, unit, _ in lines if kind == "start")
+
+
 @pytest.mark.slow
-def test_units_run_on_pool_workers_and_a_killed_orchestrator_resumes(server, tmp_path):
+def test_units_run_on_pool_workers_a_killed_orchestrator_resumes_and_retry_works(server, tmp_path):
     timeline = tmp_path / "timeline.txt"
     timeline.touch()
     request = write_request(tmp_path, units(), timeline=timeline)
@@ -141,6 +148,14 @@ def test_units_run_on_pool_workers_and_a_killed_orchestrator_resumes(server, tmp
         with timeline.open("a") as log:
             log.write(f"start release {time.time():.6f}\n")
         assert resumed.wait(timeout=300) == 0, resume_log.read_text()
+        after_resume = starts_in(timeline)
+
+        retry_log = tmp_path / "orchestrator" / "retry.log"
+        logs.append(retry_log)
+        retried = flotilla(
+            orchestrator_env, "retry", RUN_KEY, "--unit", "parser", "--store", store, log=retry_log
+        )
+        assert retried.wait(timeout=300) == 0, retry_log.read_text()
     finally:
         stop_all(workers)
 
@@ -149,11 +164,12 @@ def test_units_run_on_pool_workers_and_a_killed_orchestrator_resumes(server, tmp
         ["schema", "docs", "parser", "cli"], UnitStatus.SUCCEEDED
     )
     # every unit's agent ran exactly once, on a worker: none redone after the kill
-    lines = [line.split() for line in timeline.read_text().splitlines()]
-    starts = Counter(unit for kind, unit, _ in lines if kind == "start")
-    assert starts == Counter({"schema": 1, "docs": 1, "parser": 1, "cli": 1, "release": 1})
+    assert after_resume == Counter({"schema": 1, "docs": 1, "parser": 1, "cli": 1, "release": 1})
+    # `flotilla retry --unit parser` ran parser and the unit after it again, on the pool
+    assert starts_in(timeline) == after_resume + Counter({"parser": 1, "cli": 1})
     flow_runs = unit_flow_runs(server, RUN_KEY)
-    assert Counter(r["parameters"]["unit_id"] for r in flow_runs) == dict.fromkeys(ledger, 1)
+    per_unit = Counter(r["parameters"]["unit_id"] for r in flow_runs)
+    assert per_unit == Counter({"schema": 1, "docs": 1, "parser": 2, "cli": 2})
     assert {r["state_type"] for r in flow_runs} == {"COMPLETED"}
     worked = {p.parent.parent.parent.name for p in tmp_path.glob(f"machine-*/work/{RUN_KEY}/units")}
     assert worked == {"machine-1", "machine-2"}  # both workers took units
@@ -237,8 +253,7 @@ def test_a_worker_killed_mid_unit_has_its_unit_run_again_on_another(
     # run again on another machine; no finished unit was redone
     rerun_on = {m.name for m in machines if (m / "work/crashy/units/victim").is_dir()} - {doomed}
     assert len(rerun_on) == 1
-    lines = [line.split() for line in timeline.read_text().splitlines()]
-    starts = Counter(unit for kind, unit, _ in lines if kind == "start")
+    starts = starts_in(timeline)
     assert starts == Counter({"quick": 1, "victim": 2, "other": 1, "after": 1, "release": 1})
     assert "Unit victim: its flow run" in log.read_text()
     assert "ended Crashed (No heartbeat for 50 s" in log.read_text()
