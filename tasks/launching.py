@@ -59,6 +59,7 @@ PAGE = 200
 LOST_RUN_RELAUNCHES = 3  # a unit whose flow runs keep crashing is a problem, not bad luck
 UNCLAIMED_WARNING_S = 60.0
 IN_FLIGHT = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]
+ZOMBIE_AUTOMATION = "flotilla-crash-zombie-flow-runs"  # deployments/zombie-automation.yaml
 
 
 class UnitLaunch(BaseModel):
@@ -138,8 +139,8 @@ class PoolLauncher:
         log: Logger | LoggerAdapter,
     ):
         self.ctx, self.pool, self.runs, self.workspace, self.log = ctx, pool, runs, workspace, log
-        check_pool(pool, ctx.store_url)
-        self.deployment_id = find_unit_deployment(pool)
+        self.deployment_id = check_pool(pool, ctx.store_url)
+        self._warn_without_zombie_automation()
         # Units finished by workers while no orchestrator watched: their branches are on the
         # remote only, and the scheduler reuses a unit only when its branch is here.
         records = [r for r in runs.read_ledger().values() if r.status == UnitStatus.SUCCEEDED]
@@ -152,6 +153,17 @@ class PoolLauncher:
             target=self._poll_forever, name=f"flotilla-pool-{pool}", daemon=True
         )
         self._thread.start()
+
+    def _warn_without_zombie_automation(self) -> None:
+        with get_client(sync_client=True) as client:
+            if client.read_automations_by_name(ZOMBIE_AUTOMATION):
+                return
+        self.log.warning(
+            "The Prefect server has no automation %r: a unit whose worker dies stays Running "
+            "and is never started again. Create it with `python -m deployments.setup "
+            "--automation` (part of `make deploy`).",
+            ZOMBIE_AUTOMATION,
+        )
 
     # -- starting --------------------------------------------------------------------------
 
@@ -316,14 +328,15 @@ class PoolLauncher:
         self._thread.join(timeout=10)
 
 
-def check_pool(pool: str, store_url: str) -> None:
-    """Before a run starts: the pool has the `unit` deployment and workers can reach the store."""
+def check_pool(pool: str, store_url: str) -> UUID:
+    """Before a run starts: the pool has the `unit` deployment (its id is returned) and workers
+    can reach the store."""
     if store_url.startswith("memory://"):
         raise RunError(
             f"The store {store_url} lives in this process's memory, which workers of the pool "
             f"{pool!r} cannot read. Pass --store with a directory the workers share or s3://..."
         )
-    find_unit_deployment(pool)
+    return find_unit_deployment(pool)
 
 
 def find_unit_deployment(pool: str) -> UUID:

@@ -24,8 +24,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from deployments.setup import load_automation
 from flotilla.cli import main
 from flotilla.results import UnitStatus
+from tasks.launching import ZOMBIE_AUTOMATION
 from tasks.store import ArtifactStore, RunStore
 from tests.e2e.helpers import git, make_target, timeline_of, write_request
 from tests.e2e.pool_helpers import (
@@ -92,6 +94,10 @@ def test_a_pool_without_the_unit_deployment_is_refused_before_the_run_starts(
     assert "no deployment of the `unit` flow on the work pool 'nowhere'" in error
     assert "Run `make deploy`" in error
     assert not (tmp_path / "store").exists() and not (tmp_path / "work").exists()
+
+
+def test_the_launcher_looks_for_the_automation_the_file_defines():
+    assert load_automation().name == ZOMBIE_AUTOMATION
 
 
 def starts_in(timeline: Path) -> Counter:
