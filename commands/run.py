@@ -29,6 +29,11 @@ def register(sub) -> None:
         metavar="N",
         help="refuse to start when even the low end of the cost estimate is above N dollars",
     )
+    run.add_argument(
+        "--pool",
+        metavar="NAME",
+        help="run each unit as a flow run of the `unit` deployment on this Prefect work pool",
+    )
 
 
 def positive_number(text: str) -> float:
@@ -67,11 +72,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # every input, the target repository and its base branch are checked before Prefect starts
     ctx = build_context(
-        args.request, args.repo, args.base, args.workflow, args.store, args.run_key, args.workdir
+        args.request,
+        args.repo,
+        args.base,
+        args.workflow,
+        args.store,
+        args.run_key,
+        args.workdir,
+        args.pool,
     )
     if args.max_usd is not None and (refusal := over_max_usd(ctx, args.max_usd, args.request)):
         print(refusal, file=sys.stderr)
         return EXIT_BAD_INPUT
+    stage = ctx.stage("work_loop")
+    if stage is not None and stage.work_pool:  # --pool or the workflow's `work_pool`
+        from tasks.launching import check_pool
+
+        check_pool(stage.work_pool, ctx.store_url)  # a pool that cannot work changes nothing
     print(f"Run key: {ctx.run_key}  (store: {ctx.store_url})", flush=True)
     with tags(*run_tags(ctx)):
         state, guard = guarded(
@@ -86,6 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             store=ctx.store_url,
             run_key=ctx.run_key,
             workdir=os.path.dirname(ctx.workdir),
+            pool=args.pool,
         )
     from commands.durability import report_outcome
 

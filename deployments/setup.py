@@ -50,13 +50,21 @@ def ensure_work_pool(name: str = POOL, concurrency_limit: int | None = None) -> 
     return False
 
 
-def load_automation(path: Path = AUTOMATION_FILE) -> AutomationCore:
-    return AutomationCore.model_validate(yaml.safe_load(Path(path).read_text()))
+def load_automation(path: Path = AUTOMATION_FILE, within_s: int | None = None) -> AutomationCore:
+    """The automation in `path`; `within_s` replaces how long a flow run may go without a
+    heartbeat before it is marked Crashed."""
+    data = yaml.safe_load(Path(path).read_text())
+    if within_s is not None:
+        data["trigger"]["within"] = within_s
+        data["description"] = f"Mark flow runs Crashed when their heartbeats stop for {within_s} s."
+        for action in data["actions"]:
+            action["message"] = f"No heartbeat for {within_s} s; the flow run's process is gone."
+    return AutomationCore.model_validate(data)
 
 
-def ensure_automation(path: Path = AUTOMATION_FILE) -> bool:
+def ensure_automation(path: Path = AUTOMATION_FILE, within_s: int | None = None) -> bool:
     """Create the automation in `path` unless one of that name exists; True if created."""
-    automation = load_automation(path)
+    automation = load_automation(path, within_s)
     with get_client(sync_client=True) as client:
         if client.read_automations_by_name(automation.name):
             return False
@@ -77,12 +85,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help=f"also create the automation in {AUTOMATION_FILE.name}",
     )
+    parser.add_argument(
+        "--zombie-after",
+        type=int,
+        metavar="SECONDS",
+        help="with --automation: mark a flow run Crashed after this long without a heartbeat "
+        "(default 600; keep it a few PREFECT_FLOWS_HEARTBEAT_FREQUENCY periods long)",
+    )
     args = parser.parse_args(argv)
     made = ensure_work_pool(args.pool, args.limit)
     print(f"Work pool {args.pool!r}: {'created' if made else 'already there'}.")
     if args.automation:
         name = load_automation().name
-        made = ensure_automation()
+        made = ensure_automation(within_s=args.zombie_after)
         print(f"Automation {name!r}: {'created' if made else 'already there'}.")
     return 0
 

@@ -8,9 +8,11 @@ feature's test gate have something real to run.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from flotilla.errors import GitError
@@ -110,3 +112,18 @@ def _git(repo: Path, *args: str) -> None:
             f"{result.returncode}: {result.stderr.strip()}. Check that git is installed and that "
             f"{repo.parent} is writable."
         )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.demo_repo",
+        description="Create the demo target repository (replacing whatever is at DIR).",
+    )
+    parser.add_argument("dir", type=Path, metavar="DIR")
+    args = parser.parse_args(argv)
+    print(build_demo_repo(args.dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

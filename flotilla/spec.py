@@ -310,6 +310,13 @@ class StageSpec(StrictModel):
     outputs: list[str] = Field(default_factory=list, description="Names this stage produces.")
     foreach: str | None = Field(None, description="For `parallel`: an earlier stage's output.")
     max_concurrent: int = Field(5, ge=1, le=1000, description="Units running at once.")
+    work_pool: str | None = Field(
+        None,
+        min_length=1,
+        max_length=100,
+        description="work_loop: run each unit as a flow run of the `unit` deployment on this "
+        "Prefect work pool (workers on many machines), instead of in the orchestrator's process.",
+    )
     retry_policy: RetryPolicy | None = Field(None, description="Least specific retry policy.")
     mode: Literal["static", "llm"] = Field("static", description="Decomposer mode.")
     agent: AgentRef | None = Field(

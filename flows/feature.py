@@ -22,6 +22,7 @@ from flotilla.results import (
 )
 from flotilla.runs import RunContext, check_run_key, new_run_key, resolve_repo
 from flotilla.settings import get_settings
+from flotilla.spec import WorkflowSpec
 from flows.decompose import decompose
 from flows.implement import ImplementResult, implement
 from flows.integrate import MergeResult, merge
@@ -58,15 +59,17 @@ def build_context(
     store: str | None = None,
     run_key: str | None = None,
     workdir: str | None = None,
+    pool: str | None = None,
 ) -> RunContext:
     """Validate every input and resolve defaults. Writes nothing: no clone, no store entry.
 
     The target is checked with `git ls-remote` (a path or a URL): a repository, with a commit,
-    that has the base branch."""
+    that has the base branch. `pool` runs the work_loop stage's units on that Prefect work pool
+    (its `work_pool`)."""
     settings = get_settings()
     request_path = Path(request).resolve()
     spec = load_request(request_path)
-    flow_spec = load_workflow(workflow)
+    flow_spec = on_work_pool(load_workflow(workflow), pool) if pool else load_workflow(workflow)
     repo_url = repo or (spec.repo.url if spec.repo else None)
     if not repo_url:
         raise RunError(
@@ -104,6 +107,7 @@ def feature(
     resume: bool = False,
     rerun: list[str] | None = None,
     force: bool = False,
+    pool: str | None = None,
 ) -> FeatureResult | State:
     """Run a feature request; or, with `resume` and `run_key`, carry on a run from the store.
 
@@ -117,7 +121,7 @@ def feature(
     elif request is None:
         raise RunError("Pass a feature request file (request), or resume=True with a run_key.")
     else:
-        ctx = build_context(request, repo, base, workflow, store, run_key, workdir)
+        ctx = build_context(request, repo, base, workflow, store, run_key, workdir, pool)
     label_flow_run(ctx.run_key, run_tags(ctx))  # a deployment's run was named at random
     with tags(*run_tags(ctx)):  # every subflow and task run of the run carries them
         result = run_feature(ctx, resume=resume, rerun=rerun, force=force)
@@ -253,6 +257,17 @@ def _stage_result(state: State) -> ImplementResult:
     if isinstance(result, ImplementResult):
         return result
     return state.result()
+
+
+def on_work_pool(workflow: WorkflowSpec, pool: str) -> WorkflowSpec:
+    """The workflow with its work_loop stage's units sent to the work pool `pool`."""
+    stages = [
+        s.model_copy(update={"work_pool": pool}) if s.processor == "work_loop" else s
+        for s in workflow.workflow.stages
+    ]
+    return workflow.model_copy(
+        update={"workflow": workflow.workflow.model_copy(update={"stages": stages})}
+    )
 
 
 def _flow_run():

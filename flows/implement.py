@@ -13,7 +13,6 @@ import time
 from logging import Logger, LoggerAdapter
 
 from prefect import flow, get_run_logger
-from prefect.futures import PrefectFuture
 from prefect.states import Failed, State
 from pydantic import BaseModel, Field
 
@@ -25,12 +24,13 @@ from flotilla.scheduling import ClassRoom, blocked_by_failures, by_urgency, read
 from flotilla.spec import UnitSpec
 from tasks.checkpoints import CheckpointWriter
 from tasks.control import load_added, pause_requested, proposals_key, save_added
-from tasks.naming import unit_tag, unit_task_name
+from tasks.launching import launcher_for
+from tasks.naming import unit_tag
 from tasks.reporting import TICK_S, publish_unit_table, start_run_report
 from tasks.slots import RunSlots, run_slots
 from tasks.spending import budget_pause_message, clear_stop, request_stop, run_budget_spent
 from tasks.stats import typical_durations
-from tasks.units import UnitJob, run_store_for, run_unit, workspace_for
+from tasks.units import UnitJob, run_store_for, workspace_for
 
 
 class ImplementResult(BaseModel):
@@ -75,6 +75,7 @@ def implement(
                 loop.finish(raw)
             loop.slots.keep_alive(loop.running_classes())
             publish_unit_table(ctx.feature_id, loop.table(), ctx.run_key)
+    loop.launcher.close()  # unit flow runs still in flight (on a pool) go on without us
     publish_unit_table(ctx.feature_id, loop.table(), ctx.run_key)
     result = loop.result()
     if result.all_succeeded or result.paused:
@@ -111,7 +112,8 @@ class UnitLoop:
         self.status: dict[str, UnitStatus] = {u: UnitStatus.PENDING for u in self.plan.units}
         self.records: dict[str, UnitRecord] = {}
         self.ledger = self.runs.read_ledger()
-        self.running: dict[cf.Future, tuple[str, PrefectFuture]] = {}
+        self.running: dict[cf.Future, tuple[str, cf.Future]] = {}
+        self.launcher = launcher_for(ctx, self.runs, self.workspace, logger)
         self.checkpoints = CheckpointWriter(ctx, self.runs, self.workspace)
         self.pause_seen = False
         self.budget_note = ""  # set once the run's budget is spent: no unit starts after
@@ -212,10 +214,8 @@ class UnitLoop:
                 continue
             room.take(resource_class)
             self.status[unit_id] = UnitStatus.RUNNING
-            future = run_unit.with_options(
-                task_run_name=unit_task_name(unit_id, "unit"), tags=[unit_tag(unit_id)]
-            ).submit(job)
-            self.running[future.wrapped_future] = (unit_id, future)
+            handle = self.launcher.launch(job, [unit_tag(unit_id)])
+            self.running[handle] = (unit_id, handle)
         if self.deferred and not self.running:
             self.logger.info(
                 "Waiting for a free slot of class(es) %s: other runs on this Prefect server "
