@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from commands.common import EXIT_OK, command
+from commands.common import EXIT_OK, FORCE_HELP, command
 from flotilla.results import FeatureResult
 
 
@@ -21,6 +21,7 @@ def register(sub) -> None:
     run.add_argument("--store", metavar="URL", help="artifact store (default: .flotilla/store)")
     run.add_argument("--run-key", metavar="KEY", help="run key (default: <feature>-<time>)")
     run.add_argument("--workdir", metavar="DIR", help="clones and worktrees (.flotilla/work)")
+    run.add_argument("--force", action="store_true", help=FORCE_HELP)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -42,25 +43,43 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from commands.durability import report_outcome
     from flows.feature import build_context, feature
+    from tasks.locking import hold_run_lock
 
     ctx = build_context(
         args.request, args.repo, args.base, args.workflow, args.store, args.run_key, args.workdir
     )
-    print(f"Run key: {ctx.run_key}  (store: {ctx.store_url})", flush=True)
-    state = feature(
-        request=args.request,
-        repo=ctx.repo,
-        base=ctx.base,
-        workflow=args.workflow,
-        store=ctx.store_url,
-        run_key=ctx.run_key,
-        workdir=os.path.dirname(ctx.workdir),
-        return_state=True,
-    )
-    from commands.durability import report_outcome
+    with hold_run_lock(ctx.store_url, ctx.run_key, "flotilla run"):  # one writer per run key
+        check_target_branches(ctx, args.force)
+        print(f"Run key: {ctx.run_key}  (store: {ctx.store_url})", flush=True)
+        state = feature(
+            request=args.request,
+            repo=ctx.repo,
+            base=ctx.base,
+            workflow=args.workflow,
+            store=ctx.store_url,
+            run_key=ctx.run_key,
+            workdir=os.path.dirname(ctx.workdir),
+            force=args.force,
+            return_state=True,
+        )
+        return report_outcome(state, ctx.store_url, ctx.run_key, ctx.repo)
 
-    return report_outcome(state, ctx.store_url, ctx.run_key, ctx.repo)
+
+def check_target_branches(ctx, force: bool) -> None:
+    """Refuse now a run whose push would have to drop commits it did not make (see pushing)."""
+    from tasks.publishing import push_env
+    from tasks.pushing import refuse_foreign_before_run
+    from tasks.store import ArtifactStore, RunStore
+    from tasks.units import workspace_for
+
+    workspace = workspace_for(ctx)
+    remote = ctx.request.publish.remote or ctx.repo
+    workspace.env = {**workspace.env, **push_env(ctx.request.publish, remote)}
+    runs = RunStore(ArtifactStore(ctx.store_url), ctx.run_key)
+    for branch in refuse_foreign_before_run(workspace, runs, remote, ctx.feature_branch, force):
+        print(f"--force: {branch} in {remote} will be overwritten after a backup.", flush=True)
 
 
 def _read_result(store_url: str, run_key: str) -> FeatureResult | None:

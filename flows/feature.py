@@ -36,6 +36,7 @@ from tasks.lifecycle import (
     stopped,
     write_failure_report,
 )
+from tasks.locking import hold_run_lock
 from tasks.reporting import publish_run_report
 from tasks.resources import apply_run_resources
 from tasks.store import ArtifactStore, RunStore
@@ -111,7 +112,8 @@ def feature(
         raise RunError("Pass a feature request file (request), or resume=True with a run_key.")
     else:
         ctx = build_context(request, repo, base, workflow, store, run_key, workdir)
-    result = run_feature(ctx, resume=resume, rerun=rerun, force=force)
+    with hold_run_lock(ctx.store_url, ctx.run_key, "the feature flow"):  # one writer per key
+        result = run_feature(ctx, resume=resume, rerun=rerun, force=force)
     if result.status == FeatureStatus.PAUSED:
         return Cancelled(name="Paused", message=result.error)
     return result
@@ -186,13 +188,14 @@ def _run_stages(
         elif stage.processor == "feature_pr_creator" and merged is not None:
             records = implemented.records if implemented else {}
             published = finalize.with_options(name=stage.name)(ctx, units, records, merged)
+            error = published.error  # a refused or failed push: nothing moved
 
     result = FeatureResult(
         run_key=ctx.run_key,
         feature_id=ctx.feature_id,
         title=ctx.request.feature.title,
         status=FeatureStatus.SUCCEEDED,
-        feature_branch=ctx.feature_branch if merged else "",
+        feature_branch=ctx.feature_branch if published and not published.error else "",
         feature_commit=merged.commit if merged else "",
         base_branch=ctx.base,
         pr_path=published.pr_path if published else "",
