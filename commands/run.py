@@ -78,8 +78,13 @@ def check_target_branches(ctx, force: bool) -> None:
     remote = ctx.request.publish.remote or ctx.repo
     workspace.env = {**workspace.env, **push_env(ctx.request.publish, remote)}
     runs = RunStore(ArtifactStore(ctx.store_url), ctx.run_key)
-    for branch in refuse_foreign_before_run(workspace, runs, remote, ctx.feature_branch, force):
-        print(f"--force: {branch} in {remote} will be overwritten after a backup.", flush=True)
+    overwritten = refuse_foreign_before_run(workspace, runs, remote, ctx.feature_branch, force)
+    if overwritten:
+        print(
+            f"--force: {', '.join(overwritten)} in {remote} hold commits of someone else; they "
+            "are kept under refs/flotilla/backup/ before the push overwrites them.",
+            flush=True,
+        )
 
 
 def _read_result(store_url: str, run_key: str) -> FeatureResult | None:

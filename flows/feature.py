@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.states import Cancelled, State
+from prefect.states import Cancelled, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flotilla.errors import FlotillaError, RunError
@@ -113,7 +113,10 @@ def feature(
     else:
         ctx = build_context(request, repo, base, workflow, store, run_key, workdir)
     with hold_run_lock(ctx.store_url, ctx.run_key, "the feature flow"):  # one writer per key
-        result = run_feature(ctx, resume=resume, rerun=rerun, force=force)
+        try:
+            result = run_feature(ctx, resume=resume, rerun=rerun, force=force)
+        except FeatureFailed as failed:  # the stored result says why: no traceback for it
+            return Failed(message=str(failed))
     if result.status == FeatureStatus.PAUSED:
         return Cancelled(name="Paused", message=result.error)
     return result

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from flotilla.errors import ForeignCommits, GitError
 from flotilla.results import utcnow
-from tasks.merging import git_out, is_ancestor, repo_lock, run_git
+from tasks.merging import git_out, is_ancestor, repo_lock, run_git, tree_of
 from tasks.store import RunStore
 from tasks.workspace import NETWORK_TIMEOUT_S, Workspace
 
@@ -140,8 +140,10 @@ def plan_updates(
                 "Integrate the feature before publishing it."
             )
         old = there.get(branch)
-        update = BranchUpdate(branch=branch, old=old, new=new)
         ours = ledger.tips.get(branch, [])
+        if old and old in ours and old != new and _same_tree(workspace, old, new):
+            new = old  # rebuilt by a re-run with the same content: leave the target alone
+        update = BranchUpdate(branch=branch, old=old, new=new)
         if (
             old
             and old != new
@@ -185,6 +187,10 @@ def _newest_foreign(workspace: Workspace, old: str, new: str, ours: list[str]) -
     line = git_out(workspace.clone_dir, "log", "-1", "--format=%H %s", old, f"^{new}", *known, "--")
     sha, _, subject = (line or f"{old} ").partition(" ")
     return sha, subject
+
+
+def _same_tree(workspace: Workspace, old: str, new: str) -> bool:
+    return tree_of(workspace.clone_dir, old) == tree_of(workspace.clone_dir, new)
 
 
 def _exists(workspace: Workspace, sha: str) -> bool:
