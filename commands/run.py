@@ -12,6 +12,9 @@ from flotilla.results import FeatureResult
 def register(sub) -> None:
     validate = command(sub, "validate", cmd_validate, "Check a request or workflow file.")
     validate.add_argument("file", metavar="FILE", help="feature request or workflow spec (YAML)")
+    validate.add_argument(
+        "--workflow", metavar="FILE", help="for a request: the workflow it runs with (built-in)"
+    )
 
     run = command(sub, "run", cmd_run, "Run a feature request end to end.")
     run.add_argument("request", metavar="REQUEST", help="feature request file (YAML)")
@@ -25,12 +28,13 @@ def register(sub) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from flotilla.loading import load_any
+    from flotilla.loading import check_request_for, load_any, load_workflow
     from flotilla.plan import Plan
     from flotilla.spec import FeatureRequest
 
     spec = load_any(args.file)
     if isinstance(spec, FeatureRequest):
+        check_request_for(spec, load_workflow(args.workflow), args.file)  # as `run` does
         plan = Plan.from_request(spec)
         print(
             f"{args.file}: valid feature request '{spec.feature.id}' with {len(plan.units)} "

@@ -13,7 +13,7 @@ from prefect.states import Cancelled, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flotilla.errors import FlotillaError, RunError
-from flotilla.loading import load_request, load_workflow
+from flotilla.loading import check_request_for, load_request, load_workflow
 from flotilla.results import (
     FeatureResult,
     FeatureStatus,
@@ -61,6 +61,7 @@ def build_context(
     request_path = Path(request).resolve()
     spec = load_request(request_path)
     flow_spec = load_workflow(workflow)
+    check_request_for(spec, flow_spec, str(request_path))  # what `validate` checks, too
     repo_url = repo or (spec.repo.url if spec.repo else None)
     if not repo_url:
         raise RunError(
