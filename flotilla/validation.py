@@ -24,7 +24,7 @@ def suggest(value: object, choices) -> str:
     """' (did you mean 'x'?)' when one of `choices` is close to `value`, else ''."""
     if not isinstance(value, str) or len(value) > 200:
         return ""
-    close = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=0.6)
+    close = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=0.75)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 

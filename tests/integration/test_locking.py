@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -28,12 +29,11 @@ def runs(request: pytest.FixtureRequest, tmp_path: Path) -> RunStore:
 
 
 def test_a_second_writer_is_refused_naming_the_holder(runs: RunStore) -> None:
-    with RunLock(runs, "flotilla run", ttl_s=30):
-        with pytest.raises(RunLocked) as refused:
-            RunLock(runs, "flotilla resume", ttl_s=30).acquire()
+    with RunLock(runs, "flotilla run", ttl_s=30), pytest.raises(RunLocked) as refused:
+        RunLock(runs, "flotilla resume", ttl_s=30).acquire()
     message = str(refused.value)
     assert "Run key is already running" in message
-    assert f"pid {__import__('os').getpid()}" in message and "flotilla pause key" in message
+    assert f"pid {os.getpid()}" in message and "flotilla pause key" in message
     assert "\n" not in message and refused.value.exit_code == 4
     # released: the next writer gets it, as the next generation
     with RunLock(runs, "flotilla resume", ttl_s=30) as again:
