@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable
+
+from flotilla.errors import FlotillaError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PAUSED = 0, 1, 2, 3
 EXIT_LOCKED, EXIT_FOREIGN_COMMITS = 4, 5  # flotilla.errors.RunLocked, ForeignCommits
@@ -18,3 +21,22 @@ def command(sub, name: str, handler: Callable, help_text: str) -> argparse.Argum
     parser = sub.add_parser(name, help=help_text, description=help_text)
     parser.set_defaults(handler=handler)
     return parser
+
+
+class _NoTracebackForFlotillaErrors(logging.Filter):
+    """Errors Flotilla raises on purpose say what to do in one line; their traceback (which
+    Prefect logs for a failed task or flow) only buries that line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, FlotillaError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_expected_errors() -> None:
+    """Drop the tracebacks of FlotillaErrors from the console log (call after importing flows)."""
+    for name in ("prefect", ""):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _NoTracebackForFlotillaErrors) for f in handler.filters):
+                handler.addFilter(_NoTracebackForFlotillaErrors())

@@ -151,11 +151,13 @@ def _carry_on(
 
 
 def _carry_on_locked(ctx, rerun: list[str], force: bool, verb: str, push_force: bool) -> int:
+    from commands.common import quiet_expected_errors
     from commands.run import check_target_branches
     from flows.feature import feature
     from tasks.lifecycle import read_summary
     from tasks.recovery import check_not_running
 
+    quiet_expected_errors()
     run_key = ctx.run_key
     runs = _runs(ctx.store_url, run_key)
     summary = read_summary(runs)
@@ -183,7 +185,14 @@ def report_outcome(state, store_url: str, run_key: str, repo: str) -> int:
     from commands.run import _read_result, print_summary
     from tasks.lifecycle import failures_key
     from tasks.pushing import PUSH_REFUSED
+    from tasks.store_faults import STORE_UNREACHABLE
 
+    if state.is_failed() and STORE_UNREACHABLE in (state.message or ""):
+        print(
+            f"{state.message}; nothing was lost: `flotilla resume {run_key}` once it is back",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     result = _read_result(store_url, run_key)
     if result is None:
         print(f"The run ended before it produced a result: {state.message}", file=sys.stderr)

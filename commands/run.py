@@ -47,9 +47,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from commands.common import quiet_expected_errors
     from commands.durability import report_outcome
     from flows.feature import build_context, feature
     from tasks.locking import hold_run_lock
+
+    quiet_expected_errors()
 
     ctx = build_context(
         args.request, args.repo, args.base, args.workflow, args.store, args.run_key, args.workdir

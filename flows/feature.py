@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger
 from prefect.states import Cancelled, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flotilla.errors import FlotillaError, RunError
+from flotilla.errors import FlotillaError, RunError, StoreUnavailable
 from flotilla.loading import check_request_for, load_request, load_workflow
 from flotilla.results import (
     FeatureResult,
@@ -116,7 +116,7 @@ def feature(
     with hold_run_lock(ctx.store_url, ctx.run_key, "the feature flow"):  # one writer per key
         try:
             result = run_feature(ctx, resume=resume, rerun=rerun, force=force)
-        except FeatureFailed as failed:  # the stored result says why: no traceback for it
+        except (FeatureFailed, StoreUnavailable) as failed:  # said in one line, no traceback
             return Failed(message=str(failed))
     if result.status == FeatureStatus.PAUSED:
         return Cancelled(name="Paused", message=result.error)
@@ -136,7 +136,8 @@ def run_feature(
     except FeatureFailed:
         raise
     except BaseException as exc:
-        stopped(runs, summary, exc)
+        if not isinstance(exc, StoreUnavailable):  # else the store cannot hear it either
+            stopped(runs, summary, exc)
         raise
 
 

@@ -29,6 +29,7 @@ from flotilla.results import utcnow
 from flotilla.settings import get_settings
 from tasks.recovery import process_alive
 from tasks.store import ArtifactStore, RunStore
+from tasks.store_faults import retry_budget
 
 log = logging.getLogger("flotilla.locking")
 
@@ -105,7 +106,7 @@ class RunLock:
                 heartbeat_at=now,
                 ttl_s=self.ttl_s,
             )
-            if self.runs.store.create(self.key(generation), _encode(info)):
+            if self.runs.store.create(self.key(generation), _encode(info)) or self._ours(info):
                 self.info = info
                 self._forget_older(generation)
                 self._start_heartbeat()
@@ -114,16 +115,23 @@ class RunLock:
         raise RunLocked(self._refusal(latest, utcnow()) if latest else "the run's lock is busy")
 
     def release(self) -> None:
-        """Stop the heartbeat and mark the lock released (unless another writer took it)."""
+        """Stop the heartbeat and mark the lock released (unless another writer took it).
+
+        A store that cannot be reached now is no reason to fail: the lock of a process that
+        has ended is free anyway (its pid is gone, and its heartbeat soon expires)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
         if self.info is None:
             return
-        if not self.lost and not self._superseded():
-            done = self.info.model_copy(update={"released": True, "heartbeat_at": utcnow()})
-            self.runs.store.write_bytes(self.key(self.info.generation), _encode(done))
-        self.info = None
+        info, self.info = self.info, None
+        try:
+            with retry_budget(min(self.ttl_s, 5.0)):
+                if not self.lost and not self._superseded(info):
+                    done = info.model_copy(update={"released": True, "heartbeat_at": utcnow()})
+                    self.runs.store.write_bytes(self.key(info.generation), _encode(done))
+        except Exception as exc:
+            log.warning("Run %s: could not release the run's lock: %s", info.run_key, exc)
 
     def __enter__(self) -> RunLock:
         return self.acquire() if self.info is None else self
@@ -155,9 +163,16 @@ class RunLock:
                 found.append(int(name))
         return found
 
-    def _superseded(self) -> bool:
-        assert self.info is not None
-        return any(g > self.info.generation for g in self._generations())
+    def _superseded(self, info: LockInfo) -> bool:
+        return any(g > info.generation for g in self._generations())
+
+    def _ours(self, info: LockInfo) -> bool:
+        """After a lost answer to our create: is the object there the one we sent?"""
+        try:
+            there = self.runs.store.read_model(self.key(info.generation), LockInfo)
+        except KeyError:
+            return False
+        return there.token == info.token
 
     def _forget_older(self, generation: int) -> None:
         for older in self._generations():
@@ -178,7 +193,9 @@ class RunLock:
             if info is None:
                 return
             try:
-                if self._superseded():
+                with retry_budget(self.ttl_s / 2):
+                    superseded = self._superseded(info)
+                if superseded:
                     self.lost = True
                     log.error(
                         "Run %s: another writer took the run's lock (its heartbeat here was "
@@ -188,8 +205,10 @@ class RunLock:
                     )
                     return
                 info = info.model_copy(update={"heartbeat_at": utcnow()})
-                self.runs.store.write_bytes(self.key(info.generation), _encode(info))
-                self.info = info
+                with retry_budget(self.ttl_s / 2):
+                    self.runs.store.write_bytes(self.key(info.generation), _encode(info))
+                if self.info is not None:
+                    self.info = info
             except Exception as exc:  # the next beat tries again; the TTL allows a few misses
                 log.warning("Run %s: could not renew the run's lock: %s", info.run_key, exc)
 
