@@ -120,11 +120,11 @@ class RunLock:
         A store that cannot be reached now is no reason to fail: the lock of a process that
         has ended is free anyway (its pid is gone, and its heartbeat soon expires)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        if self.info is None:
-            return
         info, self.info = self.info, None
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)  # a beat stuck on an unreachable store is not waited
+        if info is None:
+            return
         try:
             with retry_budget(min(self.ttl_s, 5.0)):
                 if not self.lost and not self._superseded(info):
@@ -205,6 +205,8 @@ class RunLock:
                     )
                     return
                 info = info.model_copy(update={"heartbeat_at": utcnow()})
+                if self._stop.is_set():
+                    return  # released meanwhile: a beat now would undo the release
                 with retry_budget(self.ttl_s / 2):
                     self.runs.store.write_bytes(self.key(info.generation), _encode(info))
                 if self.info is not None:
