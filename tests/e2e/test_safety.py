@@ -115,3 +115,34 @@ def test_a_push_the_target_refuses_moves_no_branch(tmp_path: Path) -> None:
     assert len(problem) == 1 and "'flotilla/durable'" in problem[0]
     assert "checked out" in problem[0] and "no branch moved" in problem[0]
     assert "Feature branch:" not in text
+
+
+def test_retry_counts_only_the_units_it_reuses(tmp_path: Path, capsys) -> None:
+    target = make_target(tmp_path / "target")
+    markers = tmp_path / "markers"
+    request = durable_request(tmp_path, UNITS, markers)
+    store = str(tmp_path / "store")
+    assert cli(*run_args(request, target, store, tmp_path / "work", "count")) == 0
+    capsys.readouterr()
+
+    assert cli("retry", "count", "--store", store, "--unit", "one") == 0
+
+    out = capsys.readouterr().out
+    # `three` depends on `one`, so it runs again too: only `two` is reused
+    assert "Retrying run count: running one again; reusing 1 succeeded unit(s)" in out
+    assert invocations(markers) == {"one": 2, "two": 1, "three": 2}
+
+
+def test_a_prompt_validate_accepts_is_accepted_by_run(tmp_path: Path, capsys) -> None:
+    target = make_target(tmp_path / "target")
+    markers = tmp_path / "markers"
+    big = [{"id": "big", "env": {}, "prompt": "Spec. " + "x" * 350_000}]
+    request = durable_request(tmp_path, big, markers)
+    assert cli("validate", str(request)) == 0
+    capsys.readouterr()
+
+    assert cli(*run_args(request, target, str(tmp_path / "store"), tmp_path / "work", "big")) == 0
+
+    assert invocations(markers) == {"big": 1}
+    out = capsys.readouterr()
+    assert len(out.out) + len(out.err) < 20_000  # the prompt is never echoed
