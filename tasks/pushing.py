@@ -141,8 +141,6 @@ def plan_updates(
             )
         old = there.get(branch)
         ours = ledger.tips.get(branch, [])
-        if old and old in ours and old != new and _same_tree(workspace, old, new):
-            new = old  # rebuilt by a re-run with the same content: leave the target alone
         update = BranchUpdate(branch=branch, old=old, new=new)
         if (
             old
@@ -213,6 +211,8 @@ def push_all(
     names = [b.removeprefix("refs/heads/") for b in branches]
     workspace._refuse_base(names, "push")
     updates = plan_updates(workspace, runs, destination, names)
+    if _only_rebuilt(workspace, runs, updates, f"flotilla/{feature_id}"):
+        return PushOutcome(unchanged=[u.branch for u in updates])
     moving = [u for u in updates if u.moves]
     outcome = PushOutcome(unchanged=[u.branch for u in updates if not u.moves])
     if not moving:
@@ -236,6 +236,19 @@ def push_all(
     _atomic_push(workspace, destination, specs)
     outcome.pushed = [u.branch for u in moving]
     return outcome
+
+
+def _only_rebuilt(
+    workspace: Workspace, runs: RunStore, updates: list[BranchUpdate], feature_branch: str
+) -> bool:
+    """A re-run that changed nothing: every unit branch is where it was, and the feature branch,
+    merged again into a new commit, has the content this run key pushed before."""
+    moving = [u for u in updates if u.moves]
+    if [u.branch for u in moving] != [feature_branch]:
+        return False
+    old, new = moving[0].old, moving[0].new
+    ours = read_push_ledger(runs).tips.get(feature_branch, [])
+    return bool(old) and old in ours and _same_tree(workspace, old, new)  # type: ignore[arg-type]
 
 
 def backup_ref(feature_id: str, stamp: str, branch: str) -> str:
