@@ -276,16 +276,18 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     from tasks.checkpoints import rollback
     from tasks.lifecycle import load_context, read_summary, workspace_of
+    from tasks.locking import hold_run_lock
     from tasks.recovery import recover
 
     ctx = load_context(args.run_key, args.store)
     runs = _runs(ctx.store_url, ctx.run_key)
     workspace = workspace_of(ctx)
     summary = read_summary(runs)
-    if summary is not None:
-        for line in recover(summary, Path(ctx.workdir), workspace.clone_dir):
-            print(f"Recovering: {line}.")
-    done = rollback(ctx, runs, workspace, args.to)
+    with hold_run_lock(ctx.store_url, ctx.run_key, "flotilla rollback"):  # not under a live run
+        if summary is not None:
+            for line in recover(summary, Path(ctx.workdir), workspace.clone_dir):
+                print(f"Recovering: {line}.")
+        done = rollback(ctx, runs, workspace, args.to)
     cp = done.checkpoint
     print(
         f"Rolled run {ctx.run_key} back to checkpoint {cp.number} "

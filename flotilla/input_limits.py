@@ -32,17 +32,7 @@ def read_input(path: Path) -> str:
         raise SpecError(source, [Problem("", "is a directory; name a YAML file")]) from None
     except OSError as exc:
         raise SpecError(source, [Problem("", f"cannot be read: {exc.strerror}")]) from None
-    if len(data) > limit:
-        raise SpecError(
-            source,
-            [
-                Problem(
-                    "",
-                    f"the file is larger than {limit:,} bytes (FLOTILLA_MAX_INPUT_BYTES); keep "
-                    "long prompts short or raise that limit",
-                )
-            ],
-        )
+    check_size(len(data), source)
     nul = data.find(b"\0")
     if nul >= 0:
         raise SpecError(
@@ -58,6 +48,22 @@ def read_input(path: Path) -> str:
             source,
             [Problem("", f"not UTF-8 text: byte 0x{bad} at offset {exc.start}", line)],
         ) from None
+
+
+def check_size(size: int, source: str) -> None:
+    """Refuse input larger than `FLOTILLA_MAX_INPUT_BYTES` (a file, or a request sent as text)."""
+    limit = get_settings().max_input_bytes
+    if size > limit:
+        raise SpecError(
+            source,
+            [
+                Problem(
+                    "",
+                    f"the file is larger than {limit:,} bytes (FLOTILLA_MAX_INPUT_BYTES); keep "
+                    "long prompts short or raise that limit",
+                )
+            ],
+        )
 
 
 def check_expansion(root: yaml.Node, source: str) -> None:

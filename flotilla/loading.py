@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from flotilla.errors import Problem, SpecError, clip
-from flotilla.input_limits import check_expansion, read_input
+from flotilla.input_limits import check_expansion, check_size, read_input
 from flotilla.spec import (
     SLUG_HELP,
     SLUG_PATTERN,
@@ -133,6 +133,7 @@ def load_any(path: Path | str) -> FeatureRequest | WorkflowSpec:
 
 def parse_request_text(text: str, source: str) -> FeatureRequest:
     """A request given as text (from the store's inbox, or an agent's answer)."""
+    check_size(len(text.encode("utf-8", "replace")), source)
     data, root = _parse_yaml(text, source)
     return _request_from_data(data, root, source)
 
