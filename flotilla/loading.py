@@ -6,6 +6,7 @@ as one `SpecError`, so a user fixes a file in one pass instead of one error at a
 
 from __future__ import annotations
 
+import json
 import re
 import types
 import typing
@@ -36,9 +37,10 @@ from flotilla.validation import (
 Loc = tuple[str | int, ...]
 M = typing.TypeVar("M", bound=BaseModel)
 DEFAULT_WORKFLOW = "default_workflow.yaml"
-# A run passes the request to Prefect inside its RunContext, a flow-run parameter limited to
-# 512 KB; this leaves room for the rest of the context.
-MAX_REQUEST_JSON = 400_000
+# A run passes the request to Prefect inside its RunContext, and the stages also get the units
+# (prompts included) as a parameter of their own: the prompts travel twice in one flow run's
+# parameters, which Prefect limits to 512 KB. This leaves room for both and the rest.
+MAX_REQUEST_JSON = 200_000
 
 
 def load_request(path: Path | str) -> FeatureRequest:
@@ -107,7 +109,8 @@ def check_request_for(request: FeatureRequest, workflow: WorkflowSpec, source: s
     issues = validate_request_for(request, workflow)
     if issues:
         raise SpecError(source, [Problem(_dotted(loc), msg) for loc, msg in issues])
-    size = len(request.model_dump_json())
+    # measured as Prefect does: json.dumps, where a non-ASCII character takes up to 12 bytes
+    size = len(json.dumps(request.model_dump(mode="json"), separators=(",", ":")))
     if size > MAX_REQUEST_JSON:
         raise SpecError(
             source,
