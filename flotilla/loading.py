@@ -156,7 +156,7 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
         what = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(source, [Problem("", f"malformed YAML: {clip(what, 200)}", line)]) from None
+        raise SpecError(source, [Problem("", f"malformed YAML: {str(what)[:200]}", line)]) from None
     finally:
         loader.dispose()
     if not isinstance(data, dict):
