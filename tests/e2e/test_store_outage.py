@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from flotilla.results import UnitStatus
+from tasks.store import ArtifactStore, RunStore
 from tests.e2e.durability_helpers import (
     cli,
     durable_request,
@@ -75,7 +76,14 @@ def test_a_store_gone_for_good_is_one_line_and_resume_carries_on(
 ):
     env = {**moto_s3.env, "FLOTILLA_S3_ENDPOINT_URL": proxy.url, "FLOTILLA_STORE_RETRY_S": "3"}
     proc, target, markers, log = start(tmp_path, s3_store_url, env, "gone")
+    runs = RunStore(ArtifactStore(s3_store_url, endpoint_url=moto_s3.endpoint_url), "gone")
+
+    def quick_done() -> bool:
+        record = runs.read_record("quick")
+        return record is not None and record.status == UnitStatus.SUCCEEDED
+
     try:
+        wait_for("unit quick to succeed", quick_done, proc=proc, log=log)
         proxy.cut()
         (tmp_path / "release").touch()
         assert proc.wait(timeout=300) == 1
@@ -97,7 +105,5 @@ def test_a_store_gone_for_good_is_one_line_and_resume_carries_on(
     assert cli("resume", "gone", "--store", s3_store_url) == 0
     assert invocations(markers)["quick"] == 1  # finished work survived the outage
     assert set(invocations(markers)) == {"quick", "held", "after"}
-    from tests.e2e.durability_helpers import ledger_of
-
-    assert {r.status for r in ledger_of(s3_store_url, "gone").values()} == {UnitStatus.SUCCEEDED}
+    assert {r.status for r in runs.read_ledger().values()} == {UnitStatus.SUCCEEDED}
     assert git(target, "rev-parse", "--verify", "flotilla/durable") != ""
