@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger, tags
-from prefect.states import Cancelled, State
+from prefect.states import Cancelled, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flotilla.errors import FlotillaError, RunError
-from flotilla.loading import load_request, load_workflow
+from flotilla.errors import FlotillaError, RunError, StoreUnavailable
+from flotilla.loading import check_request_for, load_request, load_workflow
 from flotilla.results import (
     FeatureResult,
     FeatureStatus,
@@ -37,6 +37,7 @@ from tasks.lifecycle import (
     stopped,
     write_failure_report,
 )
+from tasks.locking import hold_run_lock
 from tasks.naming import label_flow_run, run_tags, stage_run_name
 from tasks.preflight import check_target
 from tasks.reporting import publish_run_report
@@ -70,6 +71,7 @@ def build_context(
     request_path = Path(request).resolve()
     spec = load_request(request_path)
     flow_spec = on_work_pool(load_workflow(workflow), pool) if pool else load_workflow(workflow)
+    check_request_for(spec, flow_spec, str(request_path))  # what `validate` checks, too
     repo_url = repo or (spec.repo.url if spec.repo else None)
     if not repo_url:
         raise RunError(
@@ -123,8 +125,14 @@ def feature(
     else:
         ctx = build_context(request, repo, base, workflow, store, run_key, workdir, pool)
     label_flow_run(ctx.run_key, run_tags(ctx))  # a deployment's run was named at random
-    with tags(*run_tags(ctx)):  # every subflow and task run of the run carries them
-        result = run_feature(ctx, resume=resume, rerun=rerun, force=force)
+    with (
+        hold_run_lock(ctx.store_url, ctx.run_key, "the feature flow"),  # one writer per key
+        tags(*run_tags(ctx)),  # every subflow and task run of the run carries them
+    ):
+        try:
+            result = run_feature(ctx, resume=resume, rerun=rerun, force=force)
+        except (FeatureFailed, StoreUnavailable) as failed:  # said in one line, no traceback
+            return Failed(message=str(failed))
     if result.status == FeatureStatus.PAUSED:
         return Cancelled(name="Paused", message=result.error)
     return result
@@ -144,7 +152,8 @@ def run_feature(
     except FeatureFailed:
         raise
     except BaseException as exc:
-        stopped(runs, summary, exc)
+        if not isinstance(exc, StoreUnavailable):  # else the store cannot hear it either
+            stopped(runs, summary, exc)
         raise
 
 
@@ -213,13 +222,14 @@ def _run_stages(
             published = finalize.with_options(
                 name=stage.name, flow_run_name=stage_run_name(ctx.run_key, stage.name)
             )(ctx, units, records, merged)
+            error = published.error  # a refused or failed push: nothing moved
 
     result = FeatureResult(
         run_key=ctx.run_key,
         feature_id=ctx.feature_id,
         title=ctx.request.feature.title,
         status=FeatureStatus.SUCCEEDED,
-        feature_branch=ctx.feature_branch if merged else "",
+        feature_branch=ctx.feature_branch if published and not published.error else "",
         feature_commit=merged.commit if merged else "",
         base_branch=ctx.base,
         pr_path=published.pr_path if published else "",

@@ -66,7 +66,13 @@ class MergeResult(BaseModel):
             if c.with_units:
                 text += f" with unit(s) {', '.join(c.with_units)}"
             text += f" in {', '.join(c.paths)}"
-            return f"{text}; {self.error}" if self.error else f"{text} (on_conflict: fail)"
+            if self.error:
+                return f"{text}; {self.error}"
+            return (
+                f"{text} (on_conflict: fail); `flotilla retry` would meet the same conflict: "
+                "order these units (depends_on) or set `on_conflict: reimplement`, then start a "
+                "new run"
+            )
         gate = self.gate
         text = f"the feature's test gate failed: {gate.one_line() if gate else 'not run'}"
         if self.bisect:

@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
+from flotilla.errors import FlotillaError
 from flotilla.results import UnitRecord, UnitStatus
 from flotilla.runs import RunContext
 from flotilla.spec import UnitSpec
@@ -24,6 +25,7 @@ from tasks.publishing import (
     render_pr,
     render_report,
 )
+from tasks.pushing import overwrite_allowed, push_all
 from tasks.reporting import link_for, publish_pr_artifact
 from tasks.store import RunStore
 from tasks.units import run_store_for, workspace_for
@@ -36,6 +38,8 @@ class PublishResult(BaseModel):
     pr_path: str
     pr_url: str = ""
     pushed: list[str]
+    error: str = ""  # the push was refused or failed; nothing moved
+    exit_code: int = 0
 
 
 @flow(name="finalize", persist_result=False)
@@ -43,7 +47,10 @@ def finalize(
     ctx: RunContext, units: list[UnitSpec], records: dict[str, UnitRecord], merged: MergeResult
 ) -> PublishResult:
     runs = run_store_for(ctx)
-    pushed = push_branches(ctx, [ctx.feature_branch, *map(ctx.unit_branch, merged.merge_order)])
+    push = push_branches(ctx, [ctx.feature_branch, *map(ctx.unit_branch, merged.merge_order)])
+    if push.error:  # said in one line by the run's result, not as a traceback
+        return PublishResult(pr_path="", pushed=[], error=push.error, exit_code=push.exit_code)
+    pushed = push.pushed
     draft = build_draft(ctx, runs, units, records, merged)
     markdown = render_pr(draft)
     runs.store.write_text(runs.pr_key, markdown)
@@ -55,18 +62,37 @@ def finalize(
     publish_pr_artifact(
         ctx.feature_id, render_report(draft, pr, pr_path), f"Run {ctx.run_key}: PR at {where}"
     )
-    get_run_logger().info("Pushed %s; PR: %s", ", ".join(pushed), where)
+    get_run_logger().info("Pushed %s; PR: %s", ", ".join(pushed) or "nothing new", where)
     return PublishResult(pr_path=pr_path, pr_url=pr.url, pushed=pushed)
 
 
+class PushReport(BaseModel):
+    pushed: list[str] = []
+    error: str = ""
+    exit_code: int = 0
+
+
 @task(name="push-branches", persist_result=False, cache_policy=NO_CACHE)
-def push_branches(ctx: RunContext, branches: list[str]) -> list[str]:
-    """Push to `publish.remote`, else the target; the base branch is never written."""
+def push_branches(ctx: RunContext, branches: list[str]) -> PushReport:
+    """Push to `publish.remote`, else the target, all at once; the base branch is never written.
+
+    A branch holding commits this run did not make is left alone unless the run said --force.
+    """
     workspace = workspace_for(ctx)
-    remote = ctx.request.publish.remote
-    workspace.env = {**workspace.env, **push_env(ctx.request.publish, remote or ctx.repo)}
-    workspace.push(branches, remote)
-    return branches
+    runs = run_store_for(ctx)
+    remote = ctx.request.publish.remote or ctx.repo
+    workspace.env = {**workspace.env, **push_env(ctx.request.publish, remote)}
+    logger = get_run_logger()
+    try:
+        done = push_all(workspace, runs, remote, branches, ctx.feature_id, overwrite_allowed(runs))
+    except FlotillaError as exc:
+        logger.error("%s", exc)
+        return PushReport(error=str(exc), exit_code=exc.exit_code)
+    for branch, ref in done.backups.items():
+        logger.warning("Overwrote %s (--force); its old tip is kept at %s.", branch, ref)
+    if done.unchanged and not done.pushed:
+        logger.info("Nothing to push: every branch in %s is already at this run's commit.", remote)
+    return PushReport(pushed=done.pushed)
 
 
 @task(name="open-pull-request", persist_result=False, cache_policy=NO_CACHE)
