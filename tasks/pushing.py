@@ -89,6 +89,16 @@ def read_push_ledger(runs: RunStore) -> PushLedger:
         return PushLedger()
 
 
+def own_tips(runs: RunStore) -> dict[str, list[str]]:
+    """Every tip this run key made, by branch: what it pushed, and each unit's commit in the
+    run's ledger (a worker of a work pool pushes its unit's branch itself)."""
+    tips = {branch: list(shas) for branch, shas in read_push_ledger(runs).tips.items()}
+    for record in runs.read_ledger().values():
+        if record.commit and record.branch:
+            tips.setdefault(record.branch, []).append(record.commit)
+    return tips
+
+
 # -- looking before pushing ----------------------------------------------------------------------
 
 
@@ -120,16 +130,16 @@ def foreign_branches(
 
     Without the target's objects this cannot tell a fast-forward of the run's own work, so it
     only reports tips the run does not know; the check at push time is the exact one."""
-    ledger = read_push_ledger(runs)
+    ours = own_tips(runs)
     tips = remote_tips(workspace, destination, feature_branch)
-    return {b: sha for b, sha in tips.items() if sha not in ledger.tips.get(b, [])}
+    return {b: sha for b, sha in tips.items() if sha not in ours.get(b, [])}
 
 
 def plan_updates(
     workspace: Workspace, runs: RunStore, destination: str, branches: list[str]
 ) -> list[BranchUpdate]:
     """What pushing `branches` would do to each, with the foreign commit it would drop."""
-    ledger = read_push_ledger(runs)
+    own = own_tips(runs)
     there = _fetch_tips(workspace, destination, branches)
     updates = []
     for branch in branches:
@@ -140,7 +150,7 @@ def plan_updates(
                 "Integrate the feature before publishing it."
             )
         old = there.get(branch)
-        ours = ledger.tips.get(branch, [])
+        ours = own.get(branch, [])
         update = BranchUpdate(branch=branch, old=old, new=new)
         if (
             old
