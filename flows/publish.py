@@ -14,7 +14,7 @@ from flotilla.errors import FlotillaError
 from flotilla.results import UnitRecord, UnitStatus
 from flotilla.runs import RunContext
 from flotilla.spec import UnitSpec
-from flows.integrate import MergeResult
+from flows.integrate import MergeResult, merge_result_key
 from tasks.links import artifacts_command
 from tasks.publishing import (
     ArtifactLink,
@@ -28,6 +28,7 @@ from tasks.publishing import (
 )
 from tasks.pushing import overwrite_allowed, push_all
 from tasks.reporting import publish_pr_artifact
+from tasks.stage_inputs import RunRef, handed, ledger_records, planned_units
 from tasks.store import RunStore
 from tasks.units import run_store_for, workspace_for
 
@@ -44,10 +45,28 @@ class PublishResult(BaseModel):
 
 
 @flow(name="finalize", persist_result=False)
-def finalize(
-    ctx: RunContext, units: list[UnitSpec], records: dict[str, UnitRecord], merged: MergeResult
-) -> PublishResult:
+def finalize(run: RunRef) -> PublishResult:
+    """Push and publish what the merge stage built; `run` is a reference
+    (tasks/stage_inputs.py), the rest comes from memory or the store."""
+    ctx = run.ctx
     runs = run_store_for(ctx)
+    units = handed(ctx.run_key, "units", lambda: planned_units(ctx))
+    records = handed(ctx.run_key, "records", lambda: ledger_records(ctx, units))
+    merged = handed(
+        ctx.run_key,
+        "merged",
+        lambda: runs.store.read_model(merge_result_key(runs), MergeResult),
+    )
+    return _finalize(ctx, runs, units, records, merged)
+
+
+def _finalize(
+    ctx: RunContext,
+    runs: RunStore,
+    units: list[UnitSpec],
+    records: dict[str, UnitRecord],
+    merged: MergeResult,
+) -> PublishResult:
     push = push_branches(ctx, [ctx.feature_branch, *map(ctx.unit_branch, merged.merge_order)])
     if push.error:  # said in one line by the run's result, not as a traceback
         return PublishResult(pr_path="", pushed=[], error=push.error, exit_code=push.exit_code)
