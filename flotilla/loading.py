@@ -6,7 +6,6 @@ as one `SpecError`, so a user fixes a file in one pass instead of one error at a
 
 from __future__ import annotations
 
-import json
 import re
 import types
 import typing
@@ -37,10 +36,6 @@ from flotilla.validation import (
 Loc = tuple[str | int, ...]
 M = typing.TypeVar("M", bound=BaseModel)
 DEFAULT_WORKFLOW = "default_workflow.yaml"
-# A run passes the request to Prefect inside its RunContext, and the stages also get the units
-# (prompts included) as a parameter of their own: the prompts travel twice in one flow run's
-# parameters, which Prefect limits to 512 KB. This leaves room for both and the rest.
-MAX_REQUEST_JSON = 200_000
 
 
 def load_request(path: Path | str) -> FeatureRequest:
@@ -109,20 +104,6 @@ def check_request_for(request: FeatureRequest, workflow: WorkflowSpec, source: s
     issues = validate_request_for(request, workflow)
     if issues:
         raise SpecError(source, [Problem(_dotted(loc), msg) for loc, msg in issues])
-    # measured as Prefect does: json.dumps, where a non-ASCII character takes up to 12 bytes
-    size = len(json.dumps(request.model_dump(mode="json"), separators=(",", ":")))
-    if size > MAX_REQUEST_JSON:
-        raise SpecError(
-            source,
-            [
-                Problem(
-                    "",
-                    f"the request is {size:,} bytes once loaded; a run hands it to Prefect, "
-                    f"which takes at most {MAX_REQUEST_JSON:,}; shorten its prompts (an agent "
-                    "can read long specifications from files in the repository)",
-                )
-            ],
-        )
 
 
 def load_any(path: Path | str) -> FeatureRequest | WorkflowSpec:

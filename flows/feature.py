@@ -43,6 +43,7 @@ from tasks.preflight import check_target
 from tasks.reporting import publish_run_report
 from tasks.resources import TAG_PREFIX, apply_run_resources
 from tasks.slots import reclaim_now
+from tasks.stage_inputs import RunRef, forget, hand_over
 from tasks.stopping import watch_api
 from tasks.store import ArtifactStore, RunStore
 from tasks.units import run_store_for
@@ -155,6 +156,8 @@ def run_feature(
         if not isinstance(exc, StoreUnavailable):  # else the store cannot hear it either
             stopped(runs, summary, exc)
         raise
+    finally:
+        forget(ctx.run_key)
 
 
 def _run_stages(
@@ -170,6 +173,7 @@ def _run_stages(
         logger.warning("Reclaimed a resource slot: %s.", line)
     base_commit, summary = pin_base(ctx, runs, summary, logger)
 
+    run = RunRef.of(ctx)  # stages get the run by reference: no parameter grows with the units
     units = list(ctx.request.units)
     paused = False
     implemented: ImplementResult | None = None
@@ -189,15 +193,16 @@ def _run_stages(
             else:
                 units = decompose.with_options(
                     name=stage.name, flow_run_name=stage_run_name(ctx.run_key, stage.name)
-                )(ctx)
+                )(run)
         elif stage.processor == "work_loop":
             runner = ThreadPoolTaskRunner(max_workers=stage.max_concurrent)
+            hand_over(ctx.run_key, "units", units)
             implemented = _stage_result(
                 implement.with_options(
                     name=stage.name,
                     flow_run_name=stage_run_name(ctx.run_key, stage.name),
                     task_runner=runner,
-                )(ctx, units, base_commit, rerun, return_state=True)
+                )(run, base_commit, rerun, return_state=True)
             )
             units = implemented.units or units
             if implemented.paused:
@@ -208,20 +213,22 @@ def _run_stages(
                 error = _failed_units_message(implemented)
                 break
         elif stage.processor == "pr_merger":
-            records = implemented.records if implemented else {}
+            hand_over(ctx.run_key, "units", units)
+            hand_over(ctx.run_key, "records", implemented.records if implemented else {})
             merged = merge.with_options(
                 name=stage.name, flow_run_name=stage_run_name(ctx.run_key, stage.name)
-            )(ctx, units, records, base_commit)
+            )(run, base_commit)
             if implemented:  # units the merge stage re-did for a conflict or the test gate
                 implemented.records.update(merged.records)
             if not merged.ok:
                 error = _merge_message(merged)
                 break
         elif stage.processor == "feature_pr_creator" and merged is not None:
-            records = implemented.records if implemented else {}
+            hand_over(ctx.run_key, "records", implemented.records if implemented else {})
+            hand_over(ctx.run_key, "merged", merged)
             published = finalize.with_options(
                 name=stage.name, flow_run_name=stage_run_name(ctx.run_key, stage.name)
-            )(ctx, units, records, merged)
+            )(run)
             error = published.error  # a refused or failed push: nothing moved
 
     result = FeatureResult(

@@ -37,6 +37,8 @@ from tasks.rework import (
     gate_start,
     rework_unit,
 )
+from tasks.stage_inputs import RunRef, handed, ledger_records, planned_units
+from tasks.store import RunStore
 from tasks.units import run_store_for, workspace_for
 
 
@@ -81,7 +83,23 @@ class MergeResult(BaseModel):
 
 
 @flow(name="merge", persist_result=False)
-def merge(
+def merge(run: RunRef, base_commit: str) -> MergeResult:
+    """Merge the units the implement stage finished; `run` is a reference
+    (tasks/stage_inputs.py), the units and their records come from memory or the store."""
+    ctx = run.ctx
+    units = handed(ctx.run_key, "units", lambda: planned_units(ctx))
+    records = handed(ctx.run_key, "records", lambda: ledger_records(ctx, units))
+    result = _merge(ctx, units, records, base_commit)
+    runs = run_store_for(ctx)
+    runs.store.write_json(merge_result_key(runs), result)  # what finalize reads, if not handed
+    return result
+
+
+def merge_result_key(runs: RunStore) -> str:
+    return f"{runs.prefix}/feature/merge.json"
+
+
+def _merge(
     ctx: RunContext, units: list[UnitSpec], records: dict[str, UnitRecord], base_commit: str
 ) -> MergeResult:
     logger = get_run_logger()

@@ -14,7 +14,8 @@ from flotilla.errors import FlotillaError
 from flotilla.results import UnitRecord, UnitStatus
 from flotilla.runs import RunContext
 from flotilla.spec import UnitSpec
-from flows.integrate import MergeResult
+from flows.integrate import MergeResult, merge_result_key
+from tasks.links import artifacts_command
 from tasks.publishing import (
     ArtifactLink,
     PublishedPR,
@@ -26,7 +27,8 @@ from tasks.publishing import (
     render_report,
 )
 from tasks.pushing import overwrite_allowed, push_all
-from tasks.reporting import link_for, publish_pr_artifact
+from tasks.reporting import publish_pr_artifact
+from tasks.stage_inputs import RunRef, handed, ledger_records, planned_units
 from tasks.store import RunStore
 from tasks.units import run_store_for, workspace_for
 
@@ -43,10 +45,28 @@ class PublishResult(BaseModel):
 
 
 @flow(name="finalize", persist_result=False)
-def finalize(
-    ctx: RunContext, units: list[UnitSpec], records: dict[str, UnitRecord], merged: MergeResult
-) -> PublishResult:
+def finalize(run: RunRef) -> PublishResult:
+    """Push and publish what the merge stage built; `run` is a reference
+    (tasks/stage_inputs.py), the rest comes from memory or the store."""
+    ctx = run.ctx
     runs = run_store_for(ctx)
+    units = handed(ctx.run_key, "units", lambda: planned_units(ctx))
+    records = handed(ctx.run_key, "records", lambda: ledger_records(ctx, units))
+    merged = handed(
+        ctx.run_key,
+        "merged",
+        lambda: runs.store.read_model(merge_result_key(runs), MergeResult),
+    )
+    return _finalize(ctx, runs, units, records, merged)
+
+
+def _finalize(
+    ctx: RunContext,
+    runs: RunStore,
+    units: list[UnitSpec],
+    records: dict[str, UnitRecord],
+    merged: MergeResult,
+) -> PublishResult:
     push = push_branches(ctx, [ctx.feature_branch, *map(ctx.unit_branch, merged.merge_order)])
     if push.error:  # said in one line by the run's result, not as a traceback
         return PublishResult(pr_path="", pushed=[], error=push.error, exit_code=push.exit_code)
@@ -60,7 +80,11 @@ def finalize(
     # (tasks.reporting.publish_run_report) for every outcome; this is the PR's own artifact.
     where = pr.url or pr_path
     publish_pr_artifact(
-        ctx.feature_id, render_report(draft, pr, pr_path), f"Run {ctx.run_key}: PR at {where}"
+        ctx.feature_id,
+        render_report(
+            draft, pr, artifacts_command(ctx.run_key, ctx.store_url, get="feature/pr.md")
+        ),
+        f"Run {ctx.run_key}: PR at {where}",
     )
     get_run_logger().info("Pushed %s; PR: %s", ", ".join(pushed) or "nothing new", where)
     return PublishResult(pr_path=pr_path, pr_url=pr.url, pushed=pushed)
@@ -102,7 +126,7 @@ def open_pull_request(ctx: RunContext, markdown: str, pr_path: str) -> Published
         body=markdown,
         head=ctx.feature_branch,
         base=workspace_for(ctx).base_branch() or ctx.base,  # `HEAD` names no branch
-        full_text_url=link_for(pr_path),
+        full_text_url=artifacts_command(ctx.run_key, ctx.store_url, get="feature/pr.md"),
     )
     logger = get_run_logger()
     pr = publish_pull_request(ctx.request.publish, info, logger)
@@ -131,10 +155,10 @@ def build_draft(
         merges=merged.merges,
         gate=merged.gate,
         strategy=stage.merge_strategy if stage else "merge",
-        artifact_links={u.id: link_for(runs.store.uri(runs.unit_prefix(u.id))) for u in units},
-        unit_artifacts={u.id: _links(runs, runs.unit_prefix(u.id)) for u in units},
+        artifact_links={u.id: artifacts_command(ctx.run_key, ctx.store_url, u.id) for u in units},
+        unit_artifacts={u.id: _links(ctx, runs, runs.unit_prefix(u.id), u.id) for u in units},
         feature_artifacts=[
-            link for link in _links(runs, feature_dir) if link.name not in _OWN_FILES
+            link for link in _links(ctx, runs, feature_dir) if link.name not in _OWN_FILES
         ],
         gate_runs=merged.gate_runs,
         gate_notes=[merged.bisect.explain()] if merged.bisect else [],
@@ -144,12 +168,21 @@ def build_draft(
             if u.id not in records or records[u.id].status != UnitStatus.SUCCEEDED
         ],
         run_key=ctx.run_key,
-        run_url=link_for(runs.store.uri(runs.prefix)),
+        run_url=artifacts_command(ctx.run_key, ctx.store_url),
     )
 
 
-def _links(runs: RunStore, prefix: str) -> list[ArtifactLink]:
+def _links(
+    ctx: RunContext, runs: RunStore, prefix: str, unit: str | None = None
+) -> list[ArtifactLink]:
+    """What the run stored under `prefix`, each with the command that prints it: a store path
+    is local to the machine that wrote it, and no browser opens `s3://`."""
     return [
-        ArtifactLink(name=key[len(prefix) + 1 :], url=link_for(runs.store.uri(key)))
+        ArtifactLink(
+            name=(name := key[len(prefix) + 1 :]),
+            url=artifacts_command(
+                ctx.run_key, ctx.store_url, unit, get=name if unit else key[len(runs.prefix) + 1 :]
+            ),
+        )
         for key in runs.store.list(prefix)
     ]

@@ -116,21 +116,6 @@ def test_a_file_over_the_size_limit_is_refused_by_validate_and_run(tmp_path, cap
     assert not (tmp_path / "store").exists()
 
 
-def test_a_request_too_large_for_a_run_is_refused_by_validate_as_well(
-    tmp_path, capsys, monkeypatch
-):
-    monkeypatch.setenv("FLOTILLA_MAX_INPUT_BYTES", str(10 * 2**20))
-    path = tmp_path / "request.yaml"
-    prompt = "y" * 600_000  # fits the raised file limit, not Prefect's 512 KB parameters
-    path.write_text(HEAD + f"units:\n  - {{id: a, prompt: {prompt}}}\n")
-    results = [validate(path, capsys), run(path, tmp_path, capsys)]
-    for code, out in results:
-        assert code == 2 and len(out) < 2000, out[:2000]
-        assert "once loaded; a run hands it to Prefect" in out
-    assert results[0][1] == results[1][1]  # the same words from both
-    assert not (tmp_path / "store").exists()
-
-
 def test_a_huge_offending_value_is_echoed_cut_to_80_characters(tmp_path, capsys):
     path = tmp_path / "request.yaml"
     ghost = "g" * 100_000
