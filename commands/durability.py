@@ -196,8 +196,11 @@ def _carry_on(
 
 def _carry_on_locked(ctx, rerun: list[str], force: bool, verb: str, push_force: bool) -> int:
     from commands.common import quiet_expected_errors
+    from prefect import tags
+
     from commands.run import check_target_branches, guarded
     from flows.feature import feature
+    from tasks.naming import run_tags
     from tasks.lifecycle import read_summary
     from tasks.recovery import check_not_running
 
@@ -213,17 +216,18 @@ def _carry_on_locked(ctx, rerun: list[str], force: bool, verb: str, push_force: 
     if verb:
         print(f"{verb} run {run_key}  (store: {ctx.store_url})", flush=True)
     check_target_branches(ctx, push_force)
-    state, guard = guarded(
-        feature,
-        run_key,
-        ctx.store_url,
-        ctx.workdir,
-        run_key=run_key,
-        store=ctx.store_url,
-        resume=True,
-        rerun=rerun,
-        force=force,
-    )
+    with tags(*run_tags(ctx)):  # named and tagged like the run's first start
+        state, guard = guarded(
+            feature.with_options(flow_run_name=run_key),
+            run_key,
+            ctx.store_url,
+            ctx.workdir,
+            run_key=run_key,
+            store=ctx.store_url,
+            resume=True,
+            rerun=rerun,
+            force=force,
+        )
     return report_outcome(state, ctx.store_url, run_key, ctx.repo, guard)
 
 
