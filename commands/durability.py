@@ -195,13 +195,13 @@ def _carry_on(
 
 
 def _carry_on_locked(ctx, rerun: list[str], force: bool, verb: str, push_force: bool) -> int:
-    from commands.common import quiet_expected_errors
     from prefect import tags
 
+    from commands.common import quiet_expected_errors
     from commands.run import check_target_branches, guarded
     from flows.feature import feature
-    from tasks.naming import run_tags
     from tasks.lifecycle import read_summary
+    from tasks.naming import run_tags
     from tasks.recovery import check_not_running
 
     quiet_expected_errors()
