@@ -35,11 +35,15 @@ def validate_request(
     for i, unit in enumerate(request.units):
         issues += _check_references(request, i, unit, index, invalid_units)
         issues += _check_agent(request, ("units", i, "agent"), unit.agent, invalid_agents)
-        if unit.agent is None and request.defaults.agent is None:
+        for k, ref in enumerate(unit.candidates or ()):
+            issues += _check_agent(request, ("units", i, "candidates", k), ref, invalid_agents)
+        if unit.agent is None and request.defaults.agent is None and not unit.candidates:
             issues.append(
                 (("units", i, "agent"), "no agent: set `agent` on the unit or `defaults.agent`")
             )
     issues += _check_agent(request, ("defaults", "agent"), request.defaults.agent, invalid_agents)
+    for k, ref in enumerate(request.defaults.candidates):
+        issues += _check_agent(request, ("defaults", "candidates", k), ref, invalid_agents)
     if not issues and not invalid_units:
         issues += _check_cycles(request, index)
     return issues
