@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from flotilla.results import CandidateOutcome, CandidateResult, FailureClass
+from flotilla.results import CandidateOutcome, CandidateResult, FailureClass, UnitRecord
 
 FIRST_PASS = "first_pass"
 ALL_PASS_THEN_JUDGE = "all_pass_then_judge"
@@ -106,3 +106,20 @@ def pick_note(results: list[CandidateResult], winner: int | None, how: str = "")
     head = f"candidate {winner} of {total} won: {tests}, {lines}"
     head += f" ({how})" if how else ""
     return f"{head}; {losers}" if losers else head
+
+
+def candidate_lines(record: UnitRecord) -> list[str]:
+    """Markdown for the PR description and the unit's report: the pick, then each candidate
+    with its agent, branch, verdict, tests and spend (empty for a unit without candidates)."""
+    if not record.candidates:
+        return []
+    lines = [f"**Best of {len(record.candidates)}:** {record.pick_note or 'not decided yet'}", ""]
+    for result in record.candidates:
+        verdict = "won" if result.number == record.winner else _verdict(result)
+        tests = f" · tests {result.tests.one_line()}" if result.tests is not None else ""
+        commit = f" at `{result.commit[:10]}`" if result.commit else ""
+        lines.append(
+            f"- candidate {result.number} (`{result.agent_name}`): {verdict}{tests} · "
+            f"{result.total_usage.cost_text()} · branch `{result.branch}`{commit}"
+        )
+    return [*lines, ""]

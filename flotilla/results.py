@@ -125,6 +125,7 @@ class CandidateResult(BaseModel):
     agent_name: str = ""
     branch: str = ""
     outcome: CandidateOutcome = CandidateOutcome.RUNNING
+    attempts: int = 0
     start_commit: str = ""
     commit: str = ""
     diff_lines: int = 0

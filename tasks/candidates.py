@@ -105,6 +105,7 @@ class CandidateRunner(UnitRunner):
             agent_name=self.job.settings.agent_name,
             branch=rec.branch,
             outcome=outcome,
+            attempts=rec.attempts,
             start_commit=rec.start_commit,
             commit=rec.commit,
             tests=rec.tests,
@@ -152,12 +153,29 @@ class CandidateRunner(UnitRunner):
             outcome = CandidateOutcome.PASSED
         except UnitFailed:
             outcome = CandidateOutcome.STOPPED if self.stopped else CandidateOutcome.FAILED
+            self.keep_work(outcome)
         result = self.result(outcome)
         if outcome == CandidateOutcome.PASSED:
             _, patch = self.workspace.diff(self.record.start_commit, self.record.commit)
             result.diff_lines = changed_lines(patch)
         self.parent.candidate_changed(result, final=True)
         return self.record
+
+    def keep_work(self, outcome: CandidateOutcome) -> None:
+        """A losing candidate's work stays on its branch, committed, for a reader to compare."""
+        worktree = self.workspace.worktrees_dir / self.record.branch.rsplit("/", 1)[-1]
+        if not worktree.is_dir():
+            return
+        try:
+            sha = self.workspace.commit_all(
+                worktree,
+                f"{self.unit.display_title} (candidate {self.candidate}, {outcome.value})\n\n"
+                f"{self.record.error}\n\nFlotilla-Unit: {self.unit.id}\n",
+            )
+            self.record.commit = sha
+            self.workspace.remove_worktree(worktree)
+        except Exception as exc:  # the verdict stands; only the kept copy is missing
+            self.record.error += f" (its work could not be committed: {exc})"
 
 
 def changed_lines(patch: str) -> int:
@@ -248,6 +266,7 @@ class BestOfRunner:
             ],
         )
         changes.setdefault("candidates", sorted(self.results.values(), key=lambda r: r.number))
+        changes.setdefault("attempts", sum(r.attempts for r in self.results.values()))
         for name, value in changes.items():
             setattr(self.record, name, value)
         self.runs.write_record(self.record)
