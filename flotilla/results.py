@@ -126,6 +126,7 @@ class CandidateResult(BaseModel):
     branch: str = ""
     outcome: CandidateOutcome = CandidateOutcome.RUNNING
     attempts: int = 0
+    iterations: int = 0
     start_commit: str = ""
     commit: str = ""
     diff_lines: int = 0

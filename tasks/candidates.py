@@ -106,6 +106,7 @@ class CandidateRunner(UnitRunner):
             branch=rec.branch,
             outcome=outcome,
             attempts=rec.attempts,
+            iterations=rec.iterations,
             start_commit=rec.start_commit,
             commit=rec.commit,
             tests=rec.tests,
@@ -221,7 +222,8 @@ class BestOfRunner:
         return found
 
     def kept(self, result: CandidateResult) -> bool:
-        """A candidate an earlier run of this key finished, whose work is still as it left it."""
+        """A candidate that finished before this run of the unit was cut off (a crash, a kill),
+        whose work is still as it left it. A unit that failed runs all its candidates again."""
         if result.fingerprint != self.job.fingerprint:
             return False
         if result.outcome == CandidateOutcome.FAILED:
@@ -267,6 +269,7 @@ class BestOfRunner:
         )
         changes.setdefault("candidates", sorted(self.results.values(), key=lambda r: r.number))
         changes.setdefault("attempts", sum(r.attempts for r in self.results.values()))
+        changes.setdefault("iterations", sum(r.iterations for r in self.results.values()))
         for name, value in changes.items():
             setattr(self.record, name, value)
         self.runs.write_record(self.record)
@@ -280,8 +283,10 @@ class BestOfRunner:
 
     def run(self) -> UnitRecord:
         started = time.monotonic()
+        previous = self.runs.read_record(self.unit.id)
+        resumed = previous is not None and not previous.status.is_final  # cut off mid-way
         self.save(status=UnitStatus.RUNNING, started_at=utcnow(), step="candidates")
-        kept = {n: r for n, r in self.earlier.items() if self.kept(r)}
+        kept = {n: r for n, r in self.earlier.items() if resumed and self.kept(r)}
         self.results = dict(kept) | {n: r for n, r in self.earlier.items() if n not in kept}
         self.finish_order = sorted(kept.values(), key=lambda r: r.number)
         if self.settings.pick == FIRST_PASS and (won := first_passed(self.finish_order)):

@@ -2,7 +2,7 @@
 
 $PLAN is JSON `{"<k>": {"answer": "42", "lines": 3, "sleep": 0}}`: candidate k writes `answer`
 to answer.txt (the unit's test passes only for 42), plus `lines` extra lines to notes.txt, after
-sleeping `sleep` seconds. Each start and end is appended to $MARKERS as `start <k>` / `end <k>`.
+sleeping `sleep` seconds (and while the file `hold` exists; its pid goes to `pid_file`). Each start and end is appended to $MARKERS as `start <k>` / `end <k>`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,11 @@ def mark(what: str) -> None:
 
 
 mark("start")
+if "pid_file" in plan:
+    Path(plan["pid_file"]).write_text(str(os.getpid()))
 time.sleep(float(plan.get("sleep", 0)))
+while plan.get("hold") and Path(plan["hold"]).exists():  # held until the test lets it go
+    time.sleep(0.1)
 worktree = Path(os.environ["FLOTILLA_WORKTREE"])
 (worktree / "answer.txt").write_text(f"{plan.get('answer', '41')}\n")
 extra = int(plan.get("lines", 0))

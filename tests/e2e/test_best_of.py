@@ -4,6 +4,8 @@ commit becomes the unit's branch, the losers kept and listed, their spend counte
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -150,3 +152,49 @@ def test_first_pass_stops_the_slow_candidates(tmp_path):
     }
     assert "end 1" not in marks(markers) and "end 3" not in marks(markers)  # killed mid-sleep
     assert record.pick_note.endswith("1 and 3 stopped")
+
+
+def test_resume_after_a_kill_keeps_the_finished_candidates(tmp_path):
+    from tests.e2e.durability_helpers import kill_leftovers, start_orchestrator, wait_for
+
+    markers, hold, pid_file = tmp_path / "markers", tmp_path / "hold", tmp_path / "agent.pid"
+    hold.touch()
+    plan = {
+        "1": {"answer": "41"},
+        "2": {"answer": "42", "lines": 5},
+        "3": {"answer": "42", "hold": str(hold), "pid_file": str(pid_file)},
+    }
+    request = best_of_request(tmp_path, plan, markers, best_of=3, pick="all_pass_then_judge")
+    target = make_target(tmp_path / "target")
+    store, log = str(tmp_path / "store"), tmp_path / "orchestrator.log"
+    runs = RunStore(ArtifactStore(store), "killed")
+
+    def finished(number: int) -> bool:
+        record = runs.read_record("answer")
+        found = {c.number: c.outcome for c in record.candidates} if record else {}
+        return found.get(number) in (CandidateOutcome.PASSED, CandidateOutcome.FAILED)
+
+    args = run_args(request, target, store, tmp_path / "work", "killed")
+    proc = start_orchestrator(args, {}, log)
+    pids = [proc.pid]
+    try:
+        wait_for("candidate 3 to start", pid_file.exists, proc=proc, log=log)
+        pids.append(int(pid_file.read_text()))
+        wait_for("candidates 1 and 2", lambda: finished(1) and finished(2), proc=proc, log=log)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        kill_leftovers(pids)
+    hold.unlink()
+
+    assert cli("resume", "killed", "--store", store) == 0
+
+    record = runs.read_record("answer")
+    assert marks(markers).count("start 1") == 1 and marks(markers).count("start 2") == 1
+    assert marks(markers).count("start 3") == 2  # cut off by the kill, so run again
+    assert record.winner == 3  # passed with the smaller diff (1 line against 6)
+    assert {c.number: c.outcome for c in record.candidates} == {
+        1: CandidateOutcome.FAILED,
+        2: CandidateOutcome.PASSED,
+        3: CandidateOutcome.PASSED,
+    }
