@@ -284,7 +284,7 @@ def resolve_settings(
         or (defaults.best_of if defaults.best_of > 1 else len(refs))
         or 1
     )
-    pool = [NamedAgent(name=n, agent=a) for n, a in (_named_agent(request, r) for r in refs)]
+    pool = [NamedAgent(name=n, agent=a) for a, n in (_named_agent(request, r) for r in refs)]
     pool = pool or [NamedAgent(name=name, agent=agent)]
     policy = (
         unit.retry_policy
