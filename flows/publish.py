@@ -43,7 +43,14 @@ def finalize(
     ctx: RunContext, units: list[UnitSpec], records: dict[str, UnitRecord], merged: MergeResult
 ) -> PublishResult:
     runs = run_store_for(ctx)
-    pushed = push_branches(ctx, [ctx.feature_branch, *map(ctx.unit_branch, merged.merge_order)])
+    losers = [  # best-of: the other candidates' work, for a reader to compare
+        c.branch
+        for unit_id in merged.merge_order
+        for c in (records[unit_id].candidates if unit_id in records else [])
+        if c.commit and c.number != records[unit_id].winner
+    ]
+    branches = [ctx.feature_branch, *map(ctx.unit_branch, merged.merge_order), *losers]
+    pushed = push_branches(ctx, branches)
     draft = build_draft(ctx, runs, units, records, merged)
     markdown = render_pr(draft)
     runs.store.write_text(runs.pr_key, markdown)

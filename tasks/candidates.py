@@ -268,8 +268,11 @@ class BestOfRunner:
             ],
         )
         changes.setdefault("candidates", sorted(self.results.values(), key=lambda r: r.number))
-        changes.setdefault("attempts", sum(r.attempts for r in self.results.values()))
-        changes.setdefault("iterations", sum(r.iterations for r in self.results.values()))
+        # per candidate, as a unit's: the most any candidate used (their spend is all counted)
+        changes.setdefault("attempts", max((r.attempts for r in self.results.values()), default=0))
+        changes.setdefault(
+            "iterations", max((r.iterations for r in self.results.values()), default=0)
+        )
         for name, value in changes.items():
             setattr(self.record, name, value)
         self.runs.write_record(self.record)

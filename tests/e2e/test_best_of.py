@@ -90,7 +90,10 @@ def test_best_of_three_where_only_candidate_two_passes(tmp_path):
         assert git(clone, "show", f"flotilla/pick--answer+{loser}:answer.txt") == answer
     assert round(record.total_usage.cost_usd, 6) == 0.3  # every candidate's spend is the unit's
     pr = runs.store.read_text(runs.pr_key)
-    assert "candidate 2 of 3 won" in pr
+    assert "**Best of 3:** candidate 2 of 3 won" in pr
+    for loser in (1, 3):  # pushed with the unit's branch, for a reader to compare
+        target = tmp_path / "target"
+        assert git(target, "rev-parse", f"flotilla/pick--answer+{loser}") == outcomes[loser].commit
 
 
 def test_all_pass_then_judge_asks_the_judge(tmp_path):
