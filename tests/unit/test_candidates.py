@@ -112,3 +112,20 @@ def test_best_of_alone_repeats_the_units_agent_and_a_plain_unit_has_no_candidate
 def test_an_unknown_candidate_agent_is_reported_where_it_is():
     issues = validate_request(request(candidates=["fast", "nobody"]))
     assert any("nobody" in str(issue) and "candidates" in str(issue) for issue in issues)
+
+
+def test_the_estimate_pays_for_every_candidate():
+    from flotilla.estimate import UsageSample, estimate_run
+    from flotilla.plan import Plan
+
+    req = FeatureRequest.model_validate(
+        {
+            "feature": {"id": "f", "title": "F"},
+            "agents": {"cheap": {"command": "true"}},
+            "defaults": {"agent": "cheap"},
+            "units": [{"id": "one"}, {"id": "three", "best_of": 3}],
+        }
+    )
+    history = {"cheap": [UsageSample(cost_usd=0.5, duration_s=100) for _ in range(3)]}
+    estimate = estimate_run(Plan.from_request(req), history, {"one": 10, "three": 10})
+    assert {u.unit_id: u.cost.mid for u in estimate.units} == {"one": 0.5, "three": 1.5}
