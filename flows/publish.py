@@ -43,11 +43,12 @@ def finalize(
     ctx: RunContext, units: list[UnitSpec], records: dict[str, UnitRecord], merged: MergeResult
 ) -> PublishResult:
     runs = run_store_for(ctx)
-    losers = [  # best-of: the other candidates' work, for a reader to compare
-        c.branch
+    workspace = workspace_for(ctx)
+    losers = [  # best-of: the other candidates' work, for a reader to compare (on a pool, the
+        c.branch  # worker pushed them already and this clone does not have them)
         for unit_id in merged.merge_order
         for c in (records[unit_id].candidates if unit_id in records else [])
-        if c.commit and c.number != records[unit_id].winner
+        if c.commit and c.number != records[unit_id].winner and workspace.branch_sha(c.branch)
     ]
     branches = [ctx.feature_branch, *map(ctx.unit_branch, merged.merge_order), *losers]
     pushed = push_branches(ctx, branches)

@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-number = os.environ["FLOTILLA_CANDIDATE"]
+number = os.environ.get("FLOTILLA_CANDIDATE", "0")  # 0: a unit without candidates
 plan = json.loads(os.environ["PLAN"]).get(number, {})
 markers = Path(os.environ["MARKERS"])
 

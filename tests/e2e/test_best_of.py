@@ -20,7 +20,9 @@ AGENT = Path(__file__).with_name("candidate_agent.py")
 TEST = f"{sys.executable} -c \"import pathlib,sys; sys.exit(pathlib.Path('answer.txt').read_text().strip() != '42')\""
 
 
-def best_of_request(tmp_path: Path, plan: dict, markers: Path, **unit) -> Path:
+def best_of_request(
+    tmp_path: Path, plan: dict, markers: Path, extra: dict | None = None, **unit
+) -> Path:
     request = {
         "feature": {"id": "pick", "title": "Pick a winner"},
         "test": TEST,
@@ -38,6 +40,7 @@ def best_of_request(tmp_path: Path, plan: dict, markers: Path, **unit) -> Path:
             "retry_policy": {"max_attempts": 1},
         },
         "units": [{"id": "answer", "touches": ["answer.txt", "notes.txt"], **unit}],
+        **(extra or {}),
     }
     path = tmp_path / "request.yaml"
     path.write_text(yaml.safe_dump(request, sort_keys=False))
@@ -201,3 +204,27 @@ def test_resume_after_a_kill_keeps_the_finished_candidates(tmp_path):
         2: CandidateOutcome.PASSED,
         3: CandidateOutcome.PASSED,
     }
+
+
+def test_each_candidate_takes_a_slot_of_its_class(tmp_path):
+    """best_of 3 in a class of 2: two candidates at a time, and a unit of the same class never
+    runs beside two candidates."""
+    markers = tmp_path / "markers"
+    plan = {k: {"answer": "42", "sleep": 1} for k in ("0", "1", "2", "3")}
+    other = {"id": "other", "touches": ["other.txt"], "test": "true"}
+    extra = {"resources": {"standard": 2}}
+    request = best_of_request(tmp_path, plan, markers, extra, best_of=3, pick="all_pass_then_judge")
+    spec = yaml.safe_load(request.read_text())
+    spec["units"].append(other)
+    request.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+    code, runs, _ = run(tmp_path, request, "slots")
+
+    assert code == 0
+    running, most = set(), 0
+    for kind, number in (line.split() for line in marks(markers)):
+        (running.add if kind == "start" else running.discard)(number)
+        most = max(most, len(running))
+    assert most == 2
+    assert {c.number for c in runs.read_record("answer").candidates} == {1, 2, 3}
+    assert marks(markers).count("start 0") == 1  # the other unit ran too
