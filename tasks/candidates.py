@@ -88,6 +88,10 @@ class CandidateRunner(UnitRunner):
         self.store_id = candidate_id(self.unit.id, number)
         self.record.branch = candidate_branch(job.ctx.unit_branch(self.unit.id), number)
 
+    def step(self, name: str) -> str:
+        """`<unit> · <step> +<k>`: the UI tells the candidates' steps apart."""
+        return f"{super().step(name)} +{self.candidate}"
+
     def _earlier_usage(self) -> list[AttemptUsage]:
         """What this candidate spent before a crash: kept, counted once."""
         earlier = self.parent.earlier.get(self.candidate or 0)

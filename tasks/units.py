@@ -1,6 +1,7 @@
 """The work loop of one unit: worktree, inputs, agent ⇄ tests, commit, outputs.
 
-`run_unit` is the Prefect task the implement stage submits once per unit. Each step is a nested
+`run_unit` is the Prefect task the implement stage submits once per unit (a unit with
+`best_of: N` runs its candidates inside it: tasks/candidates.py). Each step is a nested
 task, so the UI shows where every agent is. Attempts, backoff and rate-limit waits happen here,
 because a rate limit must cost no attempt and Prefect's own retries cannot tell the difference.
 """
