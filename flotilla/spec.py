@@ -42,8 +42,9 @@ PICK_HELP = (
     "among those that pass)."
 )
 JUDGE_HELP = (
-    "all_pass_then_judge: a shell command run in $FLOTILLA_CANDIDATES_DIR (each candidate's "
-    "diff and test report) that prints the winning candidate's number."
+    "all_pass_then_judge: the name of an agent from `agents`, or a shell command, run in "
+    "$FLOTILLA_CANDIDATES_DIR (each passing candidate's diff, test report and summary); it "
+    "prints the winning candidate's number."
 )
 
 

@@ -51,9 +51,11 @@ from flotilla.results import (
     utcnow,
 )
 from flotilla.usage import AttemptUsage, Usage
+from tasks.agents import AgentInvocation, run_agent
 from tasks.control import proposals_key
 from tasks.processes import run_process
 from tasks.reporting import note_unit
+from tasks.spending import add_other_usage
 from tasks.unit_diff import publish_unit_diff
 from tasks.units import (
     AttemptFailed,
@@ -181,6 +183,20 @@ class CandidateRunner(UnitRunner):
             self.workspace.remove_worktree(worktree)
         except Exception as exc:  # the verdict stands; only the kept copy is missing
             self.record.error += f" (its work could not be committed: {exc})"
+
+
+def judge_prompt(title: str, task: str, passed: list[int]) -> str:
+    """What a judge agent is asked: pick the best of the passing candidates, answer a number."""
+    files = ", ".join(f"{n}.diff, {n}.tests.json, {n}.summary.md" for n in passed)
+    return (
+        f"# Choose the best implementation of: {title}\n\n{task or title}\n\n"
+        f"Candidates {', '.join(map(str, passed))} each implemented this task and passed its "
+        f"tests. Their diffs, test reports and summaries are in this directory "
+        f"($FLOTILLA_CANDIDATES_DIR): {files}.\n\n"
+        "Read them and pick the one a careful reviewer would merge: correct, clear, no more "
+        "change than needed. Do not change any file. End your answer with the number of the "
+        "candidate you choose, alone on the last line.\n"
+    )
 
 
 def changed_lines(patch: str) -> int:
@@ -361,7 +377,7 @@ class BestOfRunner:
             return smallest_diff(results), "smallest diff"
         try:
             return self.ask_judge(results, passed), "chosen by the judge"
-        except ValueError as exc:
+        except Exception as exc:  # a judge that fails leaves the choice to the diffs, and says so
             return smallest_diff(results), f"smallest diff: {exc}"
 
     def ask_judge(self, results: list[CandidateResult], passed: list[int]) -> int:
@@ -378,7 +394,17 @@ class BestOfRunner:
             )
             (folder / f"{result.number}.summary.md").write_text(result.summary + "\n")
         (folder / "passed.txt").write_text("".join(f"{n}\n" for n in passed))
-        log_file = folder / "judge.log"
+        log_file = folder.parent / "judge.log"
+        try:
+            if self.settings.judge in self.ctx.request.agents:
+                return read_judge_answer(self.ask_judge_agent(folder, passed, log_file), passed)
+            return read_judge_answer(self.run_judge_command(folder, log_file), passed)
+        finally:
+            if log_file.exists():
+                key = f"{self.runs.unit_prefix(self.unit.id)}/judge.log"
+                self.runs.store.upload_file(key, log_file)
+
+    def run_judge_command(self, folder: Path, log_file: Path) -> str:
         done = run_process(
             str(self.settings.judge),
             cwd=folder,
@@ -395,10 +421,44 @@ class BestOfRunner:
             timeout_s=self.settings.timeout_s,
             log_file=log_file,
         )
-        self.runs.store.upload_file(f"{self.runs.unit_prefix(self.unit.id)}/judge.log", log_file)
         if done.exit_code != 0:
             raise ValueError(f"the judge exited with {done.exit_code}")
-        return read_judge_answer(done.output_tail, passed)
+        return done.output_tail
+
+    def ask_judge_agent(self, folder: Path, passed: list[int], log_file: Path) -> str:
+        """A judge from `agents:`, run in the candidates' folder with a prompt that says what is
+        there; its answer (its summary, else its last output) names the winner. Its spend is
+        the run's (`runs/<key>/spend/judge-<unit>.json`)."""
+        name = str(self.settings.judge)
+        prompt = folder.parent / "judge-prompt.md"
+        prompt.write_text(judge_prompt(self.unit.display_title, self.unit.prompt, passed))
+        answer_file = folder.parent / "judge-answer.md"
+        answer_file.unlink(missing_ok=True)
+        invocation = AgentInvocation(
+            unit_id=self.unit.id,
+            feature_id=self.ctx.feature_id,
+            worktree=folder,
+            prompt_file=prompt,
+            inputs_dir=folder,
+            outputs_dir=folder.parent / "judge-outputs",
+            summary_file=answer_file,
+            new_units_file=folder.parent / "judge-new-units.json",
+            request_dir=Path(self.ctx.request_dir),
+            log_file=log_file,
+            timeout_s=self.settings.timeout_s,
+            extra_env={"FLOTILLA_CANDIDATES_DIR": str(folder)},
+            env=self.settings.env,
+            pass_env=self.settings.pass_env,
+            agent_name=name,
+            usage_file=folder.parent / "judge-usage.json",
+        )
+        outcome = run_agent(self.ctx.request.agents[name], invocation)
+        add_other_usage(self.runs, f"judge-{self.unit.id}", outcome.usage)
+        if outcome.exit_code != 0:
+            raise ValueError(f"the judge agent {name!r} exited with {outcome.exit_code}")
+        if answer_file.is_file() and answer_file.read_text().strip():
+            return answer_file.read_text()
+        return outcome.output_tail
 
     def adopt(self, winner: CandidateResult) -> None:
         """The winner's work becomes the unit's: its branch, summary, tests, outputs, proposals."""

@@ -228,3 +228,25 @@ def test_each_candidate_takes_a_slot_of_its_class(tmp_path):
     assert most == 2
     assert {c.number for c in runs.read_record("answer").candidates} == {1, 2, 3}
     assert marks(markers).count("start 0") == 1  # the other unit ran too
+
+
+def test_a_judge_from_agents_reads_the_candidates_and_names_the_winner(tmp_path):
+    markers = tmp_path / "markers"
+    plan = {str(k): {"answer": "42", "lines": 4 - k} for k in (1, 2, 3)}
+    request = best_of_request(
+        tmp_path, plan, markers, best_of=3, pick="all_pass_then_judge", judge="referee"
+    )
+    spec = yaml.safe_load(request.read_text())
+    referee = (
+        'test -f 1.diff && test -f 3.tests.json && grep -q "Choose the best" "$FLOTILLA_PROMPT_FILE"'
+        ' && echo "The first is the most complete. 1"'
+    )
+    spec["agents"]["referee"] = {"command": referee}
+    request.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+    code, runs, _ = run(tmp_path, request, "referee")
+
+    assert code == 0
+    record = runs.read_record("answer")
+    assert record.winner == 1  # the largest diff: the judge, not the smallest diff, chose
+    assert "(chosen by the judge)" in record.pick_note
