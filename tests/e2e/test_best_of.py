@@ -3,6 +3,7 @@ commit becomes the unit's branch, the losers kept and listed, their spend counte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -161,6 +162,7 @@ def test_first_pass_stops_the_slow_candidates(tmp_path):
 
 
 def test_resume_after_a_kill_keeps_the_finished_candidates(tmp_path):
+    from tasks.recovery import process_alive
     from tests.e2e.durability_helpers import kill_leftovers, start_orchestrator, wait_for
 
     markers, hold, pid_file = tmp_path / "markers", tmp_path / "hold", tmp_path / "agent.pid"
@@ -191,6 +193,10 @@ def test_resume_after_a_kill_keeps_the_finished_candidates(tmp_path):
         proc.wait()
     finally:
         kill_leftovers(pids)
+        for pid in pids:  # the agent too, even if it leads no process group of its own
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    wait_for("the cut-off agent to be gone", lambda: not process_alive(pids[-1]))
     hold.unlink()
 
     assert cli("resume", "killed", "--store", store) == 0
@@ -198,6 +204,7 @@ def test_resume_after_a_kill_keeps_the_finished_candidates(tmp_path):
     record = runs.read_record("answer")
     assert marks(markers).count("start 1") == 1 and marks(markers).count("start 2") == 1
     assert marks(markers).count("start 3") == 2  # cut off by the kill, so run again
+    assert marks(markers).count("end 3") == 1
     assert record.winner == 3  # passed with the smaller diff (1 line against 6)
     assert {c.number: c.outcome for c in record.candidates} == {
         1: CandidateOutcome.FAILED,
