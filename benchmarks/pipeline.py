@@ -92,6 +92,7 @@ def run_implement(ctx, max_concurrent: int, profile: bool = False, limits: bool 
     from flotilla.results import UnitStatus
     from flows.implement import implement
     from tasks.resources import apply_run_resources
+    from tasks.stage_inputs import RunRef, hand_over
     from tasks.units import workspace_for
 
     base = workspace_for(ctx).prepare()
@@ -107,7 +108,8 @@ def run_implement(ctx, max_concurrent: int, profile: bool = False, limits: bool 
         threading.setprofile(_thread_profiler(profiles))
         main_thread.enable()
     started = time.monotonic()
-    state = _in_flow(runner, lambda: implement.fn(ctx, units, base))(return_state=True)
+    hand_over(ctx.run_key, "units", units)
+    state = _in_flow(runner, lambda: implement.fn(RunRef.of(ctx), base))(return_state=True)
     wall = time.monotonic() - started
     if profile:
         main_thread.disable()

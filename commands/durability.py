@@ -9,7 +9,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from commands.common import EXIT_API_UNREACHABLE, EXIT_FAILED, EXIT_OK, EXIT_PAUSED, command
+from commands.common import (
+    EXIT_API_UNREACHABLE,
+    EXIT_FAILED,
+    EXIT_FOREIGN_COMMITS,
+    EXIT_OK,
+    EXIT_PAUSED,
+    FORCE_HELP,
+    command,
+)
 from commands.run import positive_number
 from flotilla.results import FeatureStatus, RunState, UnitStatus
 
@@ -20,7 +28,7 @@ def register(sub) -> None:
     resume.add_argument(
         "--force",
         action="store_true",
-        help="resume even if the run is marked running on another machine",
+        help="resume even if the run is marked running on another machine; also " + FORCE_HELP,
     )
     resume.add_argument(
         "--budget-usd",
@@ -49,6 +57,7 @@ def register(sub) -> None:
         default=[],
         help="run this unit again even if it succeeded, with the units after it (repeatable)",
     )
+    retry.add_argument("--force", action="store_true", help=FORCE_HELP)
 
     pause = command(
         sub, "pause", cmd_pause, "Ask a running run to start no new unit and stop (exit 3)."
@@ -108,11 +117,19 @@ def _raise_budget(args: argparse.Namespace) -> None:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from flotilla.errors import RunError
-    from tasks.control import load_added
-    from tasks.lifecycle import load_context, read_summary, saved_units
+    from tasks.lifecycle import load_context
+    from tasks.locking import hold_run_lock
 
     ctx = load_context(args.run_key, args.store)
+    with hold_run_lock(ctx.store_url, ctx.run_key, "flotilla retry"):  # one writer per run key
+        return _retry(ctx, args)
+
+
+def _retry(ctx, args: argparse.Namespace) -> int:
+    from flotilla.errors import RunError
+    from tasks.control import load_added
+    from tasks.lifecycle import read_summary, saved_units
+
     runs = _runs(ctx.store_url, ctx.run_key)
     units = [*(saved_units(runs) or ctx.request.units), *load_added(runs).specs()]
     known = [u.id for u in units]
@@ -133,22 +150,62 @@ def cmd_retry(args: argparse.Namespace) -> int:
     again = args.unit or failed
     plan_note = f" (and the units they blocked: {', '.join(blocked)})" if blocked else ""
     done = [u for u in known if u in ledger and ledger[u].status == UnitStatus.SUCCEEDED]
+    redone = _with_dependents(units, set(again))
+    reused = [u for u in done if u not in redone]
     print(
         f"Retrying run {ctx.run_key}: running {', '.join(again) or 'no failed unit'} again"
-        f"{plan_note}; reusing {len(set(done) - set(args.unit))} succeeded unit(s)  "
+        f"{plan_note}; reusing {len(reused)} succeeded unit(s)  "
         f"(store: {ctx.store_url})",
         flush=True,
     )
-    return _carry_on(ctx.run_key, ctx.store_url, args.unit, False, "")
+    return _carry_on(ctx.run_key, ctx.store_url, args.unit, False, "", push_force=args.force)
 
 
-def _carry_on(run_key: str, store: str | None, rerun: list[str], force: bool, verb: str) -> int:
-    from commands.run import guarded
-    from flows.feature import feature
-    from tasks.lifecycle import load_context, read_summary
-    from tasks.recovery import check_not_running
+def _with_dependents(units, roots: set[str]) -> set[str]:
+    """`roots` and every unit after them: a new commit of a dependency re-runs its dependents."""
+    import networkx as nx
+
+    graph = nx.DiGraph()
+    for unit in units:
+        graph.add_node(unit.id)
+        for dep in [*unit.depends_on, *(ref.split("/", 1)[0] for ref in unit.inputs)]:
+            graph.add_edge(dep, unit.id)
+    found = set(roots)
+    for root in roots & set(graph):
+        found |= nx.descendants(graph, root)
+    return found
+
+
+def _carry_on(
+    run_key: str,
+    store: str | None,
+    rerun: list[str],
+    force: bool,
+    verb: str,
+    push_force: bool | None = None,
+) -> int:
+    from tasks.lifecycle import load_context
+    from tasks.locking import hold_run_lock
 
     ctx = load_context(run_key, store)
+    with hold_run_lock(ctx.store_url, run_key, f"flotilla {verb and 'resume' or 'retry'}"):
+        return _carry_on_locked(
+            ctx, rerun, force, verb, force if push_force is None else push_force
+        )
+
+
+def _carry_on_locked(ctx, rerun: list[str], force: bool, verb: str, push_force: bool) -> int:
+    from prefect import tags
+
+    from commands.common import quiet_expected_errors
+    from commands.run import check_target_branches, guarded
+    from flows.feature import feature
+    from tasks.lifecycle import read_summary
+    from tasks.naming import run_tags
+    from tasks.recovery import check_not_running
+
+    quiet_expected_errors()
+    run_key = ctx.run_key
     runs = _runs(ctx.store_url, run_key)
     summary = read_summary(runs)
     if summary is not None:
@@ -158,17 +215,19 @@ def _carry_on(run_key: str, store: str | None, rerun: list[str], force: bool, ve
         check_not_running(summary, force)  # refuse while its orchestrator is alive
     if verb:
         print(f"{verb} run {run_key}  (store: {ctx.store_url})", flush=True)
-    state, guard = guarded(
-        feature,
-        run_key,
-        ctx.store_url,
-        ctx.workdir,
-        run_key=run_key,
-        store=ctx.store_url,
-        resume=True,
-        rerun=rerun,
-        force=force,
-    )
+    check_target_branches(ctx, push_force)
+    with tags(*run_tags(ctx)):  # named and tagged like the run's first start
+        state, guard = guarded(
+            feature.with_options(flow_run_name=run_key),
+            run_key,
+            ctx.store_url,
+            ctx.workdir,
+            run_key=run_key,
+            store=ctx.store_url,
+            resume=True,
+            rerun=rerun,
+            force=force,
+        )
     return report_outcome(state, ctx.store_url, run_key, ctx.repo, guard)
 
 
@@ -176,7 +235,15 @@ def report_outcome(state, store_url: str, run_key: str, repo: str, guard=None) -
     """Print how a run ended (summary, failure report or pause note); return the exit code."""
     from commands.run import _read_result, print_summary
     from tasks.lifecycle import failures_key
+    from tasks.pushing import PUSH_REFUSED
+    from tasks.store_faults import STORE_UNREACHABLE
 
+    if state.is_failed() and STORE_UNREACHABLE in (state.message or ""):
+        print(
+            f"{state.message}; nothing was lost: `flotilla resume {run_key}` once it is back",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     result = _read_result(store_url, run_key)
     if result is None and guard is not None and guard.api_was_down:
         print(
@@ -210,7 +277,7 @@ def report_outcome(state, store_url: str, run_key: str, repo: str, guard=None) -
             print(report.rstrip())
             print()
             print(f"This report is stored at {runs.store.uri(failures_key(runs))}")
-        return EXIT_FAILED
+        return EXIT_FOREIGN_COMMITS if PUSH_REFUSED in result.error else EXIT_FAILED
     return EXIT_OK if state.is_completed() else EXIT_FAILED
 
 
@@ -270,16 +337,18 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     from tasks.checkpoints import rollback
     from tasks.lifecycle import load_context, read_summary, workspace_of
+    from tasks.locking import hold_run_lock
     from tasks.recovery import recover
 
     ctx = load_context(args.run_key, args.store)
     runs = _runs(ctx.store_url, ctx.run_key)
     workspace = workspace_of(ctx)
     summary = read_summary(runs)
-    if summary is not None:
-        for line in recover(summary, Path(ctx.workdir), workspace.clone_dir):
-            print(f"Recovering: {line}.")
-    done = rollback(ctx, runs, workspace, args.to)
+    with hold_run_lock(ctx.store_url, ctx.run_key, "flotilla rollback"):  # not under a live run
+        if summary is not None:
+            for line in recover(summary, Path(ctx.workdir), workspace.clone_dir):
+                print(f"Recovering: {line}.")
+        done = rollback(ctx, runs, workspace, args.to)
     cp = done.checkpoint
     print(
         f"Rolled run {ctx.run_key} back to checkpoint {cp.number} "

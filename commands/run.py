@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from commands.common import EXIT_BAD_INPUT, EXIT_OK, command
+from commands.common import EXIT_BAD_INPUT, EXIT_OK, FORCE_HELP, command
 from flotilla.errors import ApiUnreachable
 from flotilla.results import FeatureResult
 
@@ -14,6 +14,9 @@ from flotilla.results import FeatureResult
 def register(sub) -> None:
     validate = command(sub, "validate", cmd_validate, "Check a request or workflow file.")
     validate.add_argument("file", metavar="FILE", help="feature request or workflow spec (YAML)")
+    validate.add_argument(
+        "--workflow", metavar="FILE", help="for a request: the workflow it runs with (built-in)"
+    )
 
     run = command(sub, "run", cmd_run, "Run a feature request end to end.")
     run.add_argument("request", metavar="REQUEST", help="feature request file (YAML)")
@@ -34,6 +37,7 @@ def register(sub) -> None:
         metavar="NAME",
         help="run each unit as a flow run of the `unit` deployment on this Prefect work pool",
     )
+    run.add_argument("--force", action="store_true", help=FORCE_HELP)
 
 
 def positive_number(text: str) -> float:
@@ -47,12 +51,13 @@ def positive_number(text: str) -> float:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from flotilla.loading import load_any
+    from flotilla.loading import check_request_for, load_any, load_workflow
     from flotilla.plan import Plan
     from flotilla.spec import FeatureRequest
 
     spec = load_any(args.file)
     if isinstance(spec, FeatureRequest):
+        check_request_for(spec, load_workflow(args.workflow), args.file)  # as `run` does
         plan = Plan.from_request(spec)
         print(
             f"{args.file}: valid feature request '{spec.feature.id}' with {len(plan.units)} "
@@ -67,9 +72,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from prefect import tags
 
+    from commands.common import quiet_expected_errors
+    from commands.durability import report_outcome
     from flows.feature import build_context, feature
+    from tasks.locking import hold_run_lock
     from tasks.naming import run_tags
 
+    quiet_expected_errors()
     # every input, the target repository and its base branch are checked before Prefect starts
     ctx = build_context(
         args.request,
@@ -89,25 +98,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         from tasks.launching import check_pool
 
         check_pool(stage.work_pool, ctx.store_url)  # a pool that cannot work changes nothing
-    print(f"Run key: {ctx.run_key}  (store: {ctx.store_url})", flush=True)
-    with tags(*run_tags(ctx)):
-        state, guard = guarded(
-            feature.with_options(flow_run_name=ctx.run_key),
-            ctx.run_key,
-            ctx.store_url,
-            ctx.workdir,
-            request=args.request,
-            repo=ctx.repo,
-            base=ctx.base,
-            workflow=args.workflow,
-            store=ctx.store_url,
-            run_key=ctx.run_key,
-            workdir=os.path.dirname(ctx.workdir),
-            pool=args.pool,
-        )
-    from commands.durability import report_outcome
-
-    return report_outcome(state, ctx.store_url, ctx.run_key, ctx.repo, guard)
+    with hold_run_lock(ctx.store_url, ctx.run_key, "flotilla run"):  # one writer per run key
+        check_target_branches(ctx, args.force)
+        print(f"Run key: {ctx.run_key}  (store: {ctx.store_url})", flush=True)
+        with tags(*run_tags(ctx)):
+            state, guard = guarded(
+                feature.with_options(flow_run_name=ctx.run_key),
+                ctx.run_key,
+                ctx.store_url,
+                ctx.workdir,
+                request=args.request,
+                repo=ctx.repo,
+                base=ctx.base,
+                workflow=args.workflow,
+                store=ctx.store_url,
+                run_key=ctx.run_key,
+                workdir=os.path.dirname(ctx.workdir),
+                pool=args.pool,
+                force=args.force,
+            )
+        return report_outcome(state, ctx.store_url, ctx.run_key, ctx.repo, guard)
 
 
 def guarded(flow, run_key: str, store_url: str, workdir: str, /, **parameters):
@@ -157,6 +167,26 @@ def over_max_usd(ctx, max_usd: float, request_path: str) -> str:
         f"{format_usd(max_usd)}; nothing was written. `flotilla plan {request_path} --store "
         f"{ctx.store_url}` shows the estimate; raise --max-usd or set a `budget:` instead."
     )
+
+
+def check_target_branches(ctx, force: bool) -> None:
+    """Refuse now a run whose push would have to drop commits it did not make (see pushing)."""
+    from tasks.publishing import push_env
+    from tasks.pushing import refuse_foreign_before_run
+    from tasks.store import ArtifactStore, RunStore
+    from tasks.units import workspace_for
+
+    workspace = workspace_for(ctx)
+    remote = ctx.request.publish.remote or ctx.repo
+    workspace.env = {**workspace.env, **push_env(ctx.request.publish, remote)}
+    runs = RunStore(ArtifactStore(ctx.store_url), ctx.run_key)
+    overwritten = refuse_foreign_before_run(workspace, runs, remote, ctx.feature_branch, force)
+    if overwritten:
+        print(
+            f"--force: {', '.join(overwritten)} in {remote} hold commits of someone else; they "
+            "are kept under refs/flotilla/backup/ before the push overwrites them.",
+            flush=True,
+        )
 
 
 def _read_result(store_url: str, run_key: str) -> FeatureResult | None:

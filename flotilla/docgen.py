@@ -233,7 +233,9 @@ def _default(field: FieldInfo) -> str:
         return "all defaults"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
-    if isinstance(value, int | float):
+    if isinstance(value, int):
+        return f"`{value}`"
+    if isinstance(value, float):
         return f"`{value:g}`"
     if isinstance(value, str):
         return f"`{value}`" if value else "empty"

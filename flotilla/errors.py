@@ -62,3 +62,29 @@ class GitError(FlotillaError):
 
 class AgentError(FlotillaError):
     """An agent could not be started (executable missing, bad template)."""
+
+
+class RunLocked(RunError):
+    """Another live process holds the run's lock: one writer per run key."""
+
+    exit_code = 6
+
+
+class ForeignCommits(GitError):
+    """A branch in the target holds commits this run did not make; it is not overwritten."""
+
+    exit_code = 5
+
+
+class StoreUnavailable(RunError):
+    """The store stayed unreachable through every retry; nothing was lost, resume later."""
+
+
+def clip(value: object, limit: int = 80) -> str:
+    """`repr(value)` cut to `limit` characters, so no message ever echoes megabytes."""
+    return clip_text(repr(value), limit)
+
+
+def clip_text(text: str, limit: int = 80) -> str:
+    """`text` (a list of names, say) cut to `limit` characters, without quotes."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."

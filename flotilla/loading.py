@@ -6,6 +6,7 @@ as one `SpecError`, so a user fixes a file in one pass instead of one error at a
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from importlib import resources
@@ -15,7 +16,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from flotilla.errors import Problem, SpecError
+from flotilla.errors import Problem, SpecError, clip
+from flotilla.input_limits import check_expansion, check_size, read_input
 from flotilla.spec import (
     SLUG_HELP,
     SLUG_PATTERN,
@@ -24,7 +26,12 @@ from flotilla.spec import (
     UnitSpec,
     WorkflowSpec,
 )
-from flotilla.validation import validate_request, validate_workflow
+from flotilla.validation import (
+    suggest,
+    validate_request,
+    validate_request_for,
+    validate_workflow,
+)
 
 Loc = tuple[str | int, ...]
 M = typing.TypeVar("M", bound=BaseModel)
@@ -43,10 +50,10 @@ def _request_from_data(data: Any, root, source: str) -> FeatureRequest:
     except SpecError as exc:
         # Report whole-request problems too, from the parts that did validate.
         exc.problems += [
-            Problem(_dotted(loc), msg, _line_of(root, loc)) for loc, msg in _salvage(data)
+            Problem(_dotted(loc, data), msg, _line_of(root, loc)) for loc, msg in _salvage(data)
         ]
         raise SpecError(source, exc.problems) from None
-    _raise_if(source, root, validate_request(request))
+    _raise_if(source, root, validate_request(request), data)
     return request
 
 
@@ -88,8 +95,15 @@ def load_workflow(path: Path | str | None = None) -> WorkflowSpec:
     path = Path(path)
     data, root = _read_yaml(path)
     workflow = _validate_model(WorkflowSpec, data, root, str(path))
-    _raise_if(str(path), root, validate_workflow(workflow))
+    _raise_if(str(path), root, validate_workflow(workflow), data)
     return workflow
+
+
+def check_request_for(request: FeatureRequest, workflow: WorkflowSpec, source: str) -> None:
+    """What `validate` and `run` both check about a request and the workflow it runs with."""
+    issues = validate_request_for(request, workflow)
+    if issues:
+        raise SpecError(source, [Problem(_dotted(loc), msg) for loc, msg in issues])
 
 
 def load_any(path: Path | str) -> FeatureRequest | WorkflowSpec:
@@ -103,29 +117,29 @@ def load_any(path: Path | str) -> FeatureRequest | WorkflowSpec:
 
 def parse_request_text(text: str, source: str) -> FeatureRequest:
     """A request given as text (from the store's inbox, or an agent's answer)."""
+    check_size(len(text.encode("utf-8", "replace")), source)
     data, root = _parse_yaml(text, source)
     return _request_from_data(data, root, source)
 
 
 def _read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpecError(str(path), [Problem("", "file not found; check the path")]) from None
-    except OSError as exc:
-        raise SpecError(str(path), [Problem("", f"cannot be read: {exc.strerror}")]) from None
-    return _parse_yaml(text, str(path))
+    return _parse_yaml(read_input(path), str(path))
 
 
 def _parse_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:
+    loader = yaml.SafeLoader(text)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root = loader.get_single_node()
+        if root is not None:
+            check_expansion(root, source)
+        data = loader.construct_document(root) if root is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
         what = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(source, [Problem("", f"malformed YAML: {what}", line)]) from None
+        raise SpecError(source, [Problem("", f"malformed YAML: {str(what)[:200]}", line)]) from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise SpecError(source, [Problem("", "expected a mapping of fields at the top level")])
     return data, root
@@ -136,15 +150,17 @@ def _validate_model(model: type[M], data: Any, root, source: str) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         problems = [
-            Problem(_dotted(loc), msg, _line_of(root, loc)) for loc, msg in _friendly(model, exc)
+            Problem(_dotted(loc, data), msg, _line_of(root, loc))
+            for loc, msg in _friendly(model, exc)
         ]
         raise SpecError(source, problems) from None
 
 
-def _raise_if(source: str, root, issues: list[tuple[Loc, str]]) -> None:
+def _raise_if(source: str, root, issues: list[tuple[Loc, str]], data: Any = None) -> None:
     if issues:
         raise SpecError(
-            source, [Problem(_dotted(loc), msg, _line_of(root, loc)) for loc, msg in issues]
+            source,
+            [Problem(_dotted(loc, data), msg, _line_of(root, loc)) for loc, msg in issues],
         )
 
 
@@ -172,18 +188,22 @@ def _message(model: type[BaseModel], err: dict, loc: Loc) -> str:
     if kind == "extra_forbidden":
         allowed = _allowed_fields(model, loc[:-1])
         hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
-        return f"unknown field {loc[-1]!r}{hint}"
+        return f"unknown field {clip(loc[-1])}{suggest(loc[-1], allowed)}{hint}"
     if kind == "missing":
         return "required field is missing"
     if kind == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") == SLUG_PATTERN:
-        return f"{value!r} is not a safe slug; {SLUG_HELP}"
+        return f"{clip(value)} is not a safe slug; {SLUG_HELP}"
     if kind == "value_error":
         return str(err["ctx"]["error"])
-    return (
-        f"{err['msg']} (got {value!r})"
-        if value is not None and kind != "literal_error"
-        else err["msg"]
-    )
+    if kind == "literal_error":
+        choices = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
+        what = str(loc[-1]).replace("_", " ") if loc and isinstance(loc[-1], str) else "choice"
+        article = "an" if what[:1] in "aeiou" else "a"
+        return (
+            f"{clip(value)} is not {article} {what}{suggest(value, choices)}; use one of "
+            f"{', '.join(choices)}"
+        )
+    return f"{err['msg']} (got {clip(value)})" if value is not None else err["msg"]
 
 
 def _allowed_fields(model: type[BaseModel], loc: Loc) -> list[str]:
@@ -215,10 +235,17 @@ def _is_model(obj: Any) -> bool:
     return isinstance(obj, type) and issubclass(obj, BaseModel)
 
 
-def _dotted(loc: Loc) -> str:
+def _dotted(loc: Loc, data: Any = None) -> str:
+    """`units[2] (id: lonely).depends_on[0]`: a field path, with the id of the unit it is in."""
     text = ""
-    for part in loc:
+    for n, part in enumerate(loc):
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        if n == 1 and loc[0] == "units" and isinstance(part, int) and isinstance(data, dict):
+            units = data.get("units")
+            unit = units[part] if isinstance(units, list) and 0 <= part < len(units) else None
+            uid = unit.get("id") if isinstance(unit, dict) else None
+            if isinstance(uid, str) and uid:
+                text += f" (id: {clip(uid, 40)[1:-1]})"
     return text
 
 

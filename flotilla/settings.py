@@ -63,6 +63,22 @@ class FlotillaSettings(BaseSettings):
     def price_table(self) -> dict[str, Price]:
         return {**DEFAULT_PRICES, **self.prices}
 
+    lock_ttl_s: float = Field(
+        60.0,
+        gt=0,
+        description="A run's lock expires this long after its holder's last heartbeat, so a "
+        "crashed run never blocks its key for good.",
+    )
+    store_retry_s: float = Field(
+        60.0,
+        ge=0,
+        description="How long a store call retries a transient fault (refused connection, "
+        "timeout, 5xx, throttling) before the unit or run gives up.",
+    )
+    max_input_bytes: int = Field(
+        1_000_000, gt=0, description="Largest request or workflow file Flotilla reads."
+    )
+
 
 def get_settings() -> FlotillaSettings:
     return FlotillaSettings()

@@ -6,11 +6,26 @@ with file and line. Nothing here raises, so every problem is reported at once.
 
 from __future__ import annotations
 
+import difflib
+import string
+
 import networkx as nx
 
+from flotilla.errors import clip, clip_text
 from flotilla.spec import PRESETS, AgentSpec, FeatureRequest, UnitSpec, WorkflowSpec
 
+# What an agent's `command` template may name; tasks.agents fills exactly these.
+AGENT_PLACEHOLDERS = ("unit", "feature", "prompt_file", "request_dir", "worktree")
+
 Issue = tuple[tuple[str | int, ...], str]
+
+
+def suggest(value: object, choices) -> str:
+    """' (did you mean 'x'?)' when one of `choices` is close to `value`, else ''."""
+    if not isinstance(value, str) or len(value) > 200:
+        return ""
+    close = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def validate_request(
@@ -44,6 +59,8 @@ def validate_request(
     issues += _check_agent(request, ("defaults", "agent"), request.defaults.agent, invalid_agents)
     for k, ref in enumerate(request.defaults.candidates):
         issues += _check_agent(request, ("defaults", "candidates", k), ref, invalid_agents)
+    for name, agent in request.agents.items():
+        issues += check_command(("agents", name), agent)
     if not issues and not invalid_units:
         issues += _check_cycles(request, index)
     return issues
@@ -56,26 +73,36 @@ def _check_references(
     known = ", ".join(index) or "(none)"
     for j, dep in enumerate(unit.depends_on):
         if dep == unit.id:
-            issues.append((("units", i, "depends_on", j), "a unit cannot depend on itself"))
+            issues.append((("units", i, "depends_on", j), f"unit {clip(dep)} depends on itself"))
         elif dep not in index and dep not in invalid:
             issues.append(
-                (("units", i, "depends_on", j), f"unknown unit {dep!r}; known units: {known}")
+                (
+                    ("units", i, "depends_on", j),
+                    f"unknown unit {clip(dep)}{suggest(dep, index)}; known units: {clip_text(known)}",
+                )
             )
     for j, ref in enumerate(unit.inputs):
         producer, name = ref.split("/", 1)
         where = ("units", i, "inputs", j)
         if producer == unit.id:
-            issues.append((where, "a unit cannot consume its own output"))
+            issues.append((where, f"unit {clip(unit.id)} consumes its own output {clip(ref)}"))
         elif producer in invalid:
             continue
         elif producer not in index:
-            issues.append((where, f"unknown producer unit {producer!r}; known units: {known}"))
+            issues.append(
+                (
+                    where,
+                    f"unknown producer unit {clip(producer)}{suggest(producer, index)}; known "
+                    f"units: {clip(known)}",
+                )
+            )
         elif name not in request.units[index[producer]].outputs:
             declared = ", ".join(request.units[index[producer]].outputs) or "none"
             issues.append(
                 (
                     where,
-                    f"unit {producer!r} does not declare output {name!r} (its outputs: "
+                    f"unit {producer!r} does not declare output {clip(name)}"
+                    f"{suggest(name, request.units[index[producer]].outputs)} (its outputs: "
                     f"{declared}); add it to that unit's `outputs` or fix the name",
                 )
             )
@@ -83,7 +110,8 @@ def _check_references(
         issues.append(
             (
                 ("units", i, "resources"),
-                f"unknown resource class {unit.resources!r}; declared: "
+                f"unknown resource class {clip(unit.resources)}"
+                f"{suggest(unit.resources, request.resources)}; declared: "
                 f"{', '.join(request.resources)}",
             )
         )
@@ -93,8 +121,10 @@ def _check_references(
 def _check_agent(
     request: FeatureRequest, where, ref: str | AgentSpec | None, invalid: set[str] = frozenset()
 ) -> list[Issue]:
-    if ref is None or isinstance(ref, AgentSpec):
+    if ref is None:
         return []
+    if isinstance(ref, AgentSpec):
+        return check_command(where, ref)
     if ref in request.agents or ref in invalid:
         return []
     if ref in PRESETS:
@@ -103,9 +133,36 @@ def _check_agent(
     return [
         (
             where,
-            f"unknown agent {ref!r}; name one from `agents` ({named}) or a preset "
-            f"({', '.join(PRESETS)})",
+            f"unknown agent {clip(ref)}{suggest(ref, [*request.agents, *PRESETS])}; name one "
+            f"from `agents` ({clip_text(named)}) or a preset ({', '.join(PRESETS)})",
         )
+    ]
+
+
+def check_command(where: tuple[str | int, ...], agent: AgentSpec) -> list[Issue]:
+    """An agent's command template may use only the placeholders Flotilla fills."""
+    if agent.command is None:
+        return []
+    allowed = ", ".join("{" + name + "}" for name in AGENT_PLACEHOLDERS)
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(agent.command) if f is not None]
+    except ValueError as exc:
+        return [
+            (
+                (*where, "command"),
+                f"{clip(agent.command)} is not a valid template ({exc}); use {allowed}, and "
+                "write {{ and }} for literal braces",
+            )
+        ]
+    return [
+        (
+            (*where, "command"),
+            f"unknown placeholder {clip('{' + field + '}')}"
+            f"{suggest(field, AGENT_PLACEHOLDERS)} in {clip(agent.command)}; allowed: "
+            f"{allowed}; write {{{{ and }}}} for literal braces (e.g. ${{{{HOME}}}})",
+        )
+        for field in fields
+        if field not in AGENT_PLACEHOLDERS
     ]
 
 
@@ -206,4 +263,22 @@ def _check_processors(workflow: WorkflowSpec) -> list[Issue]:
         issues.append(
             (("workflow", "stages"), "a work_loop stage needs a plan_decomposer before it")
         )
+    return issues
+
+
+def validate_request_for(request: FeatureRequest, workflow: WorkflowSpec) -> list[Issue]:
+    """Checks that need the request and the workflow it runs with, as `validate` and `run` do."""
+    stage = workflow.stage_for("plan_decomposer")
+    issues: list[Issue] = []
+    if stage is not None and stage.mode == "static" and not request.units:
+        issues.append(
+            (
+                ("units",),
+                "no units, and the decompose stage is in `static` mode, which runs the units "
+                "the request lists; add `units`, or use a workflow whose decompose stage has "
+                "`mode: llm`",
+            )
+        )
+    if stage is not None and isinstance(stage.agent, AgentSpec):
+        issues += check_command(("workflow", "decompose", "agent"), stage.agent)
     return issues

@@ -25,12 +25,15 @@ from tasks.decomposers import (
     planner_agent,
     static_plan,
 )
+from tasks.stage_inputs import RunRef
 from tasks.stats import typical_durations
 from tasks.units import run_store_for, workspace_for
 
 
 @flow(name="decompose", persist_result=False)
-def decompose(ctx: RunContext) -> list[UnitSpec]:
+def decompose(run: RunRef) -> list[UnitSpec]:
+    """The run's units, planned and saved; `run` is a reference (tasks/stage_inputs.py)."""
+    ctx = run.ctx
     runs = run_store_for(ctx)
     durations = typical_durations(runs.store)
     stage = ctx.stage("plan_decomposer")

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger, tags
-from prefect.states import Cancelled, State
+from prefect.states import Cancelled, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flotilla.errors import FlotillaError, RunError
-from flotilla.loading import load_request, load_workflow
+from flotilla.errors import FlotillaError, RunError, StoreUnavailable
+from flotilla.loading import check_request_for, load_request, load_workflow
 from flotilla.results import (
     FeatureResult,
     FeatureStatus,
@@ -37,11 +37,13 @@ from tasks.lifecycle import (
     stopped,
     write_failure_report,
 )
+from tasks.locking import hold_run_lock
 from tasks.naming import label_flow_run, run_tags, stage_run_name
 from tasks.preflight import check_target
 from tasks.reporting import publish_run_report
 from tasks.resources import TAG_PREFIX, apply_run_resources
 from tasks.slots import reclaim_now
+from tasks.stage_inputs import RunRef, forget, hand_over
 from tasks.stopping import watch_api
 from tasks.store import ArtifactStore, RunStore
 from tasks.units import run_store_for
@@ -70,6 +72,7 @@ def build_context(
     request_path = Path(request).resolve()
     spec = load_request(request_path)
     flow_spec = on_work_pool(load_workflow(workflow), pool) if pool else load_workflow(workflow)
+    check_request_for(spec, flow_spec, str(request_path))  # what `validate` checks, too
     repo_url = repo or (spec.repo.url if spec.repo else None)
     if not repo_url:
         raise RunError(
@@ -123,8 +126,14 @@ def feature(
     else:
         ctx = build_context(request, repo, base, workflow, store, run_key, workdir, pool)
     label_flow_run(ctx.run_key, run_tags(ctx))  # a deployment's run was named at random
-    with tags(*run_tags(ctx)):  # every subflow and task run of the run carries them
-        result = run_feature(ctx, resume=resume, rerun=rerun, force=force)
+    with (
+        hold_run_lock(ctx.store_url, ctx.run_key, "the feature flow"),  # one writer per key
+        tags(*run_tags(ctx)),  # every subflow and task run of the run carries them
+    ):
+        try:
+            result = run_feature(ctx, resume=resume, rerun=rerun, force=force)
+        except (FeatureFailed, StoreUnavailable) as failed:  # said in one line, no traceback
+            return Failed(message=str(failed))
     if result.status == FeatureStatus.PAUSED:
         return Cancelled(name="Paused", message=result.error)
     return result
@@ -144,8 +153,11 @@ def run_feature(
     except FeatureFailed:
         raise
     except BaseException as exc:
-        stopped(runs, summary, exc)
+        if not isinstance(exc, StoreUnavailable):  # else the store cannot hear it either
+            stopped(runs, summary, exc)
         raise
+    finally:
+        forget(ctx.run_key)
 
 
 def _run_stages(
@@ -161,6 +173,7 @@ def _run_stages(
         logger.warning("Reclaimed a resource slot: %s.", line)
     base_commit, summary = pin_base(ctx, runs, summary, logger)
 
+    run = RunRef.of(ctx)  # stages get the run by reference: no parameter grows with the units
     units = list(ctx.request.units)
     paused = False
     implemented: ImplementResult | None = None
@@ -180,15 +193,16 @@ def _run_stages(
             else:
                 units = decompose.with_options(
                     name=stage.name, flow_run_name=stage_run_name(ctx.run_key, stage.name)
-                )(ctx)
+                )(run)
         elif stage.processor == "work_loop":
             runner = ThreadPoolTaskRunner(max_workers=stage.max_concurrent)
+            hand_over(ctx.run_key, "units", units)
             implemented = _stage_result(
                 implement.with_options(
                     name=stage.name,
                     flow_run_name=stage_run_name(ctx.run_key, stage.name),
                     task_runner=runner,
-                )(ctx, units, base_commit, rerun, return_state=True)
+                )(run, base_commit, rerun, return_state=True)
             )
             units = implemented.units or units
             if implemented.paused:
@@ -199,27 +213,30 @@ def _run_stages(
                 error = _failed_units_message(implemented)
                 break
         elif stage.processor == "pr_merger":
-            records = implemented.records if implemented else {}
+            hand_over(ctx.run_key, "units", units)
+            hand_over(ctx.run_key, "records", implemented.records if implemented else {})
             merged = merge.with_options(
                 name=stage.name, flow_run_name=stage_run_name(ctx.run_key, stage.name)
-            )(ctx, units, records, base_commit)
+            )(run, base_commit)
             if implemented:  # units the merge stage re-did for a conflict or the test gate
                 implemented.records.update(merged.records)
             if not merged.ok:
                 error = _merge_message(merged)
                 break
         elif stage.processor == "feature_pr_creator" and merged is not None:
-            records = implemented.records if implemented else {}
+            hand_over(ctx.run_key, "records", implemented.records if implemented else {})
+            hand_over(ctx.run_key, "merged", merged)
             published = finalize.with_options(
                 name=stage.name, flow_run_name=stage_run_name(ctx.run_key, stage.name)
-            )(ctx, units, records, merged)
+            )(run)
+            error = published.error  # a refused or failed push: nothing moved
 
     result = FeatureResult(
         run_key=ctx.run_key,
         feature_id=ctx.feature_id,
         title=ctx.request.feature.title,
         status=FeatureStatus.SUCCEEDED,
-        feature_branch=ctx.feature_branch if merged else "",
+        feature_branch=ctx.feature_branch if published and not published.error else "",
         feature_commit=merged.commit if merged else "",
         base_branch=ctx.base,
         pr_path=published.pr_path if published else "",

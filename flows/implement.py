@@ -31,6 +31,7 @@ from tasks.naming import unit_tag
 from tasks.reporting import TICK_S, publish_unit_table, start_run_report
 from tasks.slots import RunSlots, run_slots
 from tasks.spending import budget_pause_message, clear_stop, request_stop, run_budget_spent
+from tasks.stage_inputs import RunRef, handed, planned_units
 from tasks.stats import typical_durations
 from tasks.units import UnitJob, run_store_for, workspace_for
 
@@ -56,9 +57,13 @@ class ImplementResult(BaseModel):
 
 @flow(name="implement", persist_result=False)
 def implement(
-    ctx: RunContext, units: list[UnitSpec], base_commit: str, rerun: list[str] | None = None
+    run: RunRef, base_commit: str, rerun: list[str] | None = None
 ) -> ImplementResult | State:
-    """`rerun` names units to run again even if an earlier run of this key finished them."""
+    """Run the plan's units. `run` is a reference (tasks/stage_inputs.py): the units come from
+    the feature flow or the saved plan. `rerun` names units to run again even if an earlier run
+    of this key finished them."""
+    ctx = run.ctx
+    units = handed(ctx.run_key, "units", lambda: planned_units(ctx))
     loop = UnitLoop(ctx, units, base_commit, set(rerun or ()), get_run_logger())
     loop.report = start_run_report(ctx, loop.plan)
     with run_slots(ctx.run_key, loop.logger) as loop.slots:
@@ -98,6 +103,7 @@ class UnitLoop:
         logger: Logger | LoggerAdapter,
     ):
         self.ctx, self.base_commit, self.rerun, self.logger = ctx, base_commit, rerun, logger
+        self.run = RunRef.of(ctx)  # what unit tasks get instead of the context itself
         self.runs = run_store_for(ctx)
         self.workspace = workspace_for(ctx)
         self.stage = ctx.stage("work_loop")
@@ -105,6 +111,7 @@ class UnitLoop:
         self.class_limits = resource_limits(ctx.request, ctx.workflow)
         self.slots: RunSlots | None = None
         self.deferred: set[str] = set()  # classes held back because other runs fill them
+        self.requeues: dict[str, int] = {}  # units whose task the Prefect API lost
         self.durations = typical_durations(self.runs.store)
         self.added = load_added(self.runs)
         known = {u.id for u in units}
@@ -264,7 +271,7 @@ class UnitLoop:
         settings = self.plan.settings[unit_id]
         unit = self.plan.units[unit_id]
         return UnitJob(
-            ctx=self.ctx,
+            run=self.run,
             unit=unit,
             settings=settings,
             base_commit=self.base_commit,
@@ -297,7 +304,9 @@ class UnitLoop:
         record = self.runs.read_record(unit_id)  # the ledger is the source of truth
         if record is None or not record.status.is_final:
             state = raw.result() if raw.exception() is None else None
-            message = state.message if state is not None else str(raw.exception())
+            message = (state.message if state is not None else str(raw.exception())) or ""
+            if self.requeue(unit_id, record, message):
+                return
             record = _crashed_record(self.ctx, unit_id, record, message)
             self.runs.write_record(record)
         self.records[unit_id], self.status[unit_id] = record, record.status
@@ -306,6 +315,28 @@ class UnitLoop:
         if record.status == UnitStatus.SUCCEEDED:
             self.take_proposals(unit_id)
         self.checkpoint(f"unit {unit_id} {record.status.value}")
+
+    def requeue(self, unit_id: str, record: UnitRecord | None, message: str) -> bool:
+        """A unit whose task the Prefect API lost (a 503 while taking its tags' slots, a server
+        under load) has no verdict: it goes back to the ready units, no attempt spent, up to
+        REQUEUES times. True when it did."""
+        if not is_api_trouble(message) or self.requeues.get(unit_id, 0) >= REQUEUES:
+            return False
+        self.requeues[unit_id] = self.requeues.get(unit_id, 0) + 1
+        self.logger.warning(
+            "Unit %s lost its task to the Prefect API (%s); starting it again (%d of %d, no "
+            "attempt spent).",
+            unit_id,
+            message.splitlines()[0][:200] if message else "no message",
+            self.requeues[unit_id],
+            REQUEUES,
+        )
+        self.status[unit_id] = UnitStatus.PENDING
+        pending = _pending(self.ctx, unit_id)
+        if record is not None:  # keep what its earlier attempts spent
+            pending = pending.model_copy(update={"usage": record.usage})
+        self.runs.write_record(pending)
+        return True
 
     def take_proposals(self, unit_id: str) -> None:
         """Add the valid units `unit_id`'s agent proposed to the plan; report the rest."""
@@ -374,6 +405,25 @@ class UnitLoop:
             paused=paused,
             pause_reason=self.budget_note if paused else "",
         )
+
+
+REQUEUES = 3
+_API_TROUBLE = (
+    "Unable to acquire concurrency slots",
+    "Service Unavailable",
+    "Internal Server Error",
+    "Bad Gateway",
+    "Gateway Timeout",
+    "database is locked",
+    "ConnectError",
+    "ReadTimeout",
+    "RemoteProtocolError",
+)
+
+
+def is_api_trouble(message: str) -> bool:
+    """Does a unit task's end say that the Prefect API failed it, not the unit itself?"""
+    return any(sign in message for sign in _API_TROUBLE)
 
 
 def _pending(ctx: RunContext, unit_id: str) -> UnitRecord:

@@ -37,6 +37,8 @@ from tasks.rework import (
     gate_start,
     rework_unit,
 )
+from tasks.stage_inputs import RunRef, handed, ledger_records, planned_units
+from tasks.store import RunStore
 from tasks.units import run_store_for, workspace_for
 
 
@@ -66,7 +68,13 @@ class MergeResult(BaseModel):
             if c.with_units:
                 text += f" with unit(s) {', '.join(c.with_units)}"
             text += f" in {', '.join(c.paths)}"
-            return f"{text}; {self.error}" if self.error else f"{text} (on_conflict: fail)"
+            if self.error:
+                return f"{text}; {self.error}"
+            return (
+                f"{text} (on_conflict: fail); `flotilla retry` would meet the same conflict: "
+                "order these units (depends_on) or set `on_conflict: reimplement`, then start a "
+                "new run"
+            )
         gate = self.gate
         text = f"the feature's test gate failed: {gate.one_line() if gate else 'not run'}"
         if self.bisect:
@@ -75,7 +83,23 @@ class MergeResult(BaseModel):
 
 
 @flow(name="merge", persist_result=False)
-def merge(
+def merge(run: RunRef, base_commit: str) -> MergeResult:
+    """Merge the units the implement stage finished; `run` is a reference
+    (tasks/stage_inputs.py), the units and their records come from memory or the store."""
+    ctx = run.ctx
+    units = handed(ctx.run_key, "units", lambda: planned_units(ctx))
+    records = handed(ctx.run_key, "records", lambda: ledger_records(ctx, units))
+    result = _merge(ctx, units, records, base_commit)
+    runs = run_store_for(ctx)
+    runs.store.write_json(merge_result_key(runs), result)  # what finalize reads, if not handed
+    return result
+
+
+def merge_result_key(runs: RunStore) -> str:
+    return f"{runs.prefix}/feature/merge.json"
+
+
+def _merge(
     ctx: RunContext, units: list[UnitSpec], records: dict[str, UnitRecord], base_commit: str
 ) -> MergeResult:
     logger = get_run_logger()

@@ -10,10 +10,12 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
+from flotilla.errors import FlotillaError
 from flotilla.results import UnitRecord, UnitStatus
 from flotilla.runs import RunContext
 from flotilla.spec import UnitSpec
-from flows.integrate import MergeResult
+from flows.integrate import MergeResult, merge_result_key
+from tasks.links import artifacts_command
 from tasks.publishing import (
     ArtifactLink,
     PublishedPR,
@@ -24,7 +26,9 @@ from tasks.publishing import (
     render_pr,
     render_report,
 )
-from tasks.reporting import link_for, publish_pr_artifact
+from tasks.pushing import overwrite_allowed, push_all
+from tasks.reporting import publish_pr_artifact
+from tasks.stage_inputs import RunRef, handed, ledger_records, planned_units
 from tasks.store import RunStore
 from tasks.units import run_store_for, workspace_for
 
@@ -36,13 +40,33 @@ class PublishResult(BaseModel):
     pr_path: str
     pr_url: str = ""
     pushed: list[str]
+    error: str = ""  # the push was refused or failed; nothing moved
+    exit_code: int = 0
 
 
 @flow(name="finalize", persist_result=False)
-def finalize(
-    ctx: RunContext, units: list[UnitSpec], records: dict[str, UnitRecord], merged: MergeResult
-) -> PublishResult:
+def finalize(run: RunRef) -> PublishResult:
+    """Push and publish what the merge stage built; `run` is a reference
+    (tasks/stage_inputs.py), the rest comes from memory or the store."""
+    ctx = run.ctx
     runs = run_store_for(ctx)
+    units = handed(ctx.run_key, "units", lambda: planned_units(ctx))
+    records = handed(ctx.run_key, "records", lambda: ledger_records(ctx, units))
+    merged = handed(
+        ctx.run_key,
+        "merged",
+        lambda: runs.store.read_model(merge_result_key(runs), MergeResult),
+    )
+    return _finalize(ctx, runs, units, records, merged)
+
+
+def _finalize(
+    ctx: RunContext,
+    runs: RunStore,
+    units: list[UnitSpec],
+    records: dict[str, UnitRecord],
+    merged: MergeResult,
+) -> PublishResult:
     workspace = workspace_for(ctx)
     losers = [  # best-of: the other candidates' work, for a reader to compare (on a pool, the
         c.branch  # worker pushed them already and this clone does not have them)
@@ -51,7 +75,10 @@ def finalize(
         if c.commit and c.number != records[unit_id].winner and workspace.branch_sha(c.branch)
     ]
     branches = [ctx.feature_branch, *map(ctx.unit_branch, merged.merge_order), *losers]
-    pushed = push_branches(ctx, branches)
+    push = push_branches(ctx, branches)
+    if push.error:  # said in one line by the run's result, not as a traceback
+        return PublishResult(pr_path="", pushed=[], error=push.error, exit_code=push.exit_code)
+    pushed = push.pushed
     draft = build_draft(ctx, runs, units, records, merged)
     markdown = render_pr(draft)
     runs.store.write_text(runs.pr_key, markdown)
@@ -61,20 +88,43 @@ def finalize(
     # (tasks.reporting.publish_run_report) for every outcome; this is the PR's own artifact.
     where = pr.url or pr_path
     publish_pr_artifact(
-        ctx.feature_id, render_report(draft, pr, pr_path), f"Run {ctx.run_key}: PR at {where}"
+        ctx.feature_id,
+        render_report(
+            draft, pr, artifacts_command(ctx.run_key, ctx.store_url, get="feature/pr.md")
+        ),
+        f"Run {ctx.run_key}: PR at {where}",
     )
-    get_run_logger().info("Pushed %s; PR: %s", ", ".join(pushed), where)
+    get_run_logger().info("Pushed %s; PR: %s", ", ".join(pushed) or "nothing new", where)
     return PublishResult(pr_path=pr_path, pr_url=pr.url, pushed=pushed)
 
 
+class PushReport(BaseModel):
+    pushed: list[str] = []
+    error: str = ""
+    exit_code: int = 0
+
+
 @task(name="push-branches", persist_result=False, cache_policy=NO_CACHE)
-def push_branches(ctx: RunContext, branches: list[str]) -> list[str]:
-    """Push to `publish.remote`, else the target; the base branch is never written."""
+def push_branches(ctx: RunContext, branches: list[str]) -> PushReport:
+    """Push to `publish.remote`, else the target, all at once; the base branch is never written.
+
+    A branch holding commits this run did not make is left alone unless the run said --force.
+    """
     workspace = workspace_for(ctx)
-    remote = ctx.request.publish.remote
-    workspace.env = {**workspace.env, **push_env(ctx.request.publish, remote or ctx.repo)}
-    workspace.push(branches, remote)
-    return branches
+    runs = run_store_for(ctx)
+    remote = ctx.request.publish.remote or ctx.repo
+    workspace.env = {**workspace.env, **push_env(ctx.request.publish, remote)}
+    logger = get_run_logger()
+    try:
+        done = push_all(workspace, runs, remote, branches, ctx.feature_id, overwrite_allowed(runs))
+    except FlotillaError as exc:
+        logger.error("%s", exc)
+        return PushReport(error=str(exc), exit_code=exc.exit_code)
+    for branch, ref in done.backups.items():
+        logger.warning("Overwrote %s (--force); its old tip is kept at %s.", branch, ref)
+    if done.unchanged and not done.pushed:
+        logger.info("Nothing to push: every branch in %s is already at this run's commit.", remote)
+    return PushReport(pushed=done.pushed)
 
 
 @task(name="open-pull-request", persist_result=False, cache_policy=NO_CACHE)
@@ -84,7 +134,7 @@ def open_pull_request(ctx: RunContext, markdown: str, pr_path: str) -> Published
         body=markdown,
         head=ctx.feature_branch,
         base=workspace_for(ctx).base_branch() or ctx.base,  # `HEAD` names no branch
-        full_text_url=link_for(pr_path),
+        full_text_url=artifacts_command(ctx.run_key, ctx.store_url, get="feature/pr.md"),
     )
     logger = get_run_logger()
     pr = publish_pull_request(ctx.request.publish, info, logger)
@@ -113,10 +163,10 @@ def build_draft(
         merges=merged.merges,
         gate=merged.gate,
         strategy=stage.merge_strategy if stage else "merge",
-        artifact_links={u.id: link_for(runs.store.uri(runs.unit_prefix(u.id))) for u in units},
-        unit_artifacts={u.id: _links(runs, runs.unit_prefix(u.id)) for u in units},
+        artifact_links={u.id: artifacts_command(ctx.run_key, ctx.store_url, u.id) for u in units},
+        unit_artifacts={u.id: _links(ctx, runs, runs.unit_prefix(u.id), u.id) for u in units},
         feature_artifacts=[
-            link for link in _links(runs, feature_dir) if link.name not in _OWN_FILES
+            link for link in _links(ctx, runs, feature_dir) if link.name not in _OWN_FILES
         ],
         gate_runs=merged.gate_runs,
         gate_notes=[merged.bisect.explain()] if merged.bisect else [],
@@ -126,12 +176,21 @@ def build_draft(
             if u.id not in records or records[u.id].status != UnitStatus.SUCCEEDED
         ],
         run_key=ctx.run_key,
-        run_url=link_for(runs.store.uri(runs.prefix)),
+        run_url=artifacts_command(ctx.run_key, ctx.store_url),
     )
 
 
-def _links(runs: RunStore, prefix: str) -> list[ArtifactLink]:
+def _links(
+    ctx: RunContext, runs: RunStore, prefix: str, unit: str | None = None
+) -> list[ArtifactLink]:
+    """What the run stored under `prefix`, each with the command that prints it: a store path
+    is local to the machine that wrote it, and no browser opens `s3://`."""
     return [
-        ArtifactLink(name=key[len(prefix) + 1 :], url=link_for(runs.store.uri(key)))
+        ArtifactLink(
+            name=(name := key[len(prefix) + 1 :]),
+            url=artifacts_command(
+                ctx.run_key, ctx.store_url, unit, get=name if unit else key[len(runs.prefix) + 1 :]
+            ),
+        )
         for key in runs.store.list(prefix)
     ]

@@ -34,6 +34,7 @@ from flotilla.spec import UnitSpec
 from tasks.control import load_added
 from tasks.launching import UnitLaunch, launch_key
 from tasks.naming import label_flow_run, run_tags, stage_run_name, unit_tag, unit_task_name
+from tasks.stage_inputs import RunRef
 from tasks.store import ArtifactStore, RunStore
 from tasks.units import UnitJob, run_store_for, run_unit, workspace_for
 
@@ -152,7 +153,7 @@ def unit_job(
         plan.units[unit_id], settings.model_dump_json(), base, {d: ledger[d].commit for d in deps}
     )
     return UnitJob(
-        ctx=ctx,
+        run=RunRef(run_key=ctx.run_key, store_url=ctx.store_url, workdir=ctx.workdir),
         unit=plan.units[unit_id],
         settings=settings,
         base_commit=base,

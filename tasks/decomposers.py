@@ -238,7 +238,7 @@ def _describe(problem: Problem, units: list) -> str:
     """`units[2].depends_on[0]: ...` with the unit's id, which the agent knows it by."""
     where = problem.location
     found = re.match(r"units\[(\d+)\]", where)
-    if found and int(found.group(1)) < len(units):
+    if found and "(id: " not in where and int(found.group(1)) < len(units):
         unit = units[int(found.group(1))]
         if isinstance(unit, dict) and isinstance(unit.get("id"), str):
             where = f"{where} (unit {unit['id']!r})"

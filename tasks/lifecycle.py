@@ -179,13 +179,33 @@ def write_failure_report(ctx: RunContext, runs: RunStore, result: FeatureResult)
         except KeyError:
             continue
         logs[record.unit_id] = split_log(text)
-    hint = (
-        f"Fix the cause, then `flotilla retry {ctx.run_key}` runs the failed units and those "
-        "they blocked again, reusing every unit that succeeded."
-    )
+    hint = _next_step(ctx, result)
     report = render_failure_report(
         ctx.run_key, ctx.request.feature.title, result.units, logs, result.error, hint
     )
     runs.store.write_text(failures_key(runs), report)
     runs.store.write_text(runs.feature_report_key, report)
     return report
+
+
+def _next_step(ctx: RunContext, result: FeatureResult) -> str:
+    """What helps: `retry` re-runs failed units; it cannot help when none failed."""
+    from tasks.pushing import PUSH_FAILED, PUSH_REFUSED
+
+    key = ctx.run_key
+    if any(r.status == UnitStatus.FAILED for r in result.units):
+        return (
+            f"Fix the cause, then `flotilla retry {key}` runs the failed units and those "
+            "they blocked again, reusing every unit that succeeded."
+        )
+    if PUSH_REFUSED in result.error:
+        return (
+            f"`flotilla resume {key} --force` publishes anyway, keeping each overwritten tip "
+            "under refs/flotilla/backup/ first."
+        )
+    if PUSH_FAILED in result.error:
+        return f"Fix the target, then `flotilla resume {key}` publishes the same work again."
+    return (
+        f"No unit failed, so `flotilla retry {key}` would meet the same problem; change what "
+        "the problem above names and start a new run."
+    )

@@ -23,6 +23,7 @@ from flotilla.settings import get_settings
 from flotilla.spec import FeatureInfo, PublishSpec
 from flotilla.usage import Usage
 from tasks.github import GitHubClient, GitHubError, git_auth_env, resolve_token
+from tasks.links import opens_in_browser
 
 GITHUB_BODY_LIMIT = 60_000  # GitHub refuses bodies over 65,536 characters
 FILES_SHOWN_INLINE = 12
@@ -102,7 +103,8 @@ def render_pr(draft: PullRequestDraft) -> str:
     if fixed:
         lines.append("- **Fixed after the test gate:** " + ", ".join(f"`{u}`" for u in fixed))
     if draft.run_url:
-        lines.append(f"- **Run:** `{draft.run_key}` · artifacts in {draft.run_url}")
+        where = draft.run_url if opens_in_browser(draft.run_url) else f"`{draft.run_url}`"
+        lines.append(f"- **Run:** `{draft.run_key}` · artifacts: {where}")
     if draft.missing_units:
         lines += [
             "",
@@ -118,12 +120,12 @@ def render_pr(draft: PullRequestDraft) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_report(draft: PullRequestDraft, pr: PublishedPR | None, pr_md_url: str) -> str:
+def render_report(draft: PullRequestDraft, pr: PublishedPR | None, pr_md_command: str) -> str:
     """The PR as Prefect shows it: where the PR is, then the same aggregated content."""
     if pr and pr.url:
         where = f"{pr.url} ({'opened' if pr.created else 'updated'} on {pr.provider})"
     else:
-        where = f"{draft.feature_branch} with its description at {pr_md_url}"
+        where = f"`{draft.feature_branch}`; its description: `{pr_md_command}`"
     head = [
         f"# Feature PR: {draft.feature.title}",
         "",
@@ -141,7 +143,8 @@ def fit_body(markdown: str, limit: int = GITHUB_BODY_LIMIT, full_text_url: str =
     """Cut a too long description at a section boundary and say where the full text is."""
     if len(markdown) <= limit:
         return markdown
-    where = f" The full description is in {full_text_url}." if full_text_url else ""
+    shown = full_text_url if opens_in_browser(full_text_url) else f"`{full_text_url}`"
+    where = f" The full description: {shown}." if full_text_url else ""
     note = f"\n\n---\n_The description was cut to fit GitHub's size limit.{where}_\n"
     room = limit - len(note)
     cut = max(markdown.rfind("\n### ", 0, room), markdown.rfind("\n## ", 0, room))
@@ -260,9 +263,11 @@ def _unit_section(unit: UnitRecord, draft: PullRequestDraft) -> list[str]:
     if unit.error:
         lines += ["", "Error:", "```", unit.error.strip(), "```"]
     links = _links(draft.unit_artifacts.get(unit.unit_id, []))
-    folder = draft.artifact_links.get(unit.unit_id)
+    folder = draft.artifact_links.get(unit.unit_id, "")
+    if folder and not opens_in_browser(folder):
+        folder = f"`{folder}`" + (" (`--get NAME` prints one)" if links else "")
     if links or folder:
-        lines += ["", f"**Artifacts:** {links or folder}" + (f" (in {folder})" if links else "")]
+        lines += ["", f"**Artifacts:** {links or folder}" + (f" — {folder}" if links else "")]
     return lines
 
 
@@ -283,7 +288,11 @@ def _failing(report: TestReport) -> list[str]:
 
 
 def _links(links: list[ArtifactLink]) -> str:
-    return " · ".join(f"[{link.name}]({link.url})" for link in links)
+    """Web links as links; a store's names as names (a reader fetches them with the command)."""
+    return " · ".join(
+        f"[{link.name}]({link.url})" if opens_in_browser(link.url) else f"`{link.name}`"
+        for link in links
+    )
 
 
 # -- providers -----------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TypeVar
 
 from prefect.artifacts import (
@@ -60,13 +59,6 @@ T = TypeVar("T")
 def artifact_key(feature_id: str, kind: str) -> str:
     """Lowercase letters, digits and dashes only, as Prefect requires for artifact keys."""
     return re.sub(r"[^a-z0-9-]+", "-", f"{feature_id}-{kind}".lower()).strip("-")
-
-
-def link_for(uri: str) -> str:
-    """A store URI as a link for the PR description: local paths become file:// URLs.
-
-    Artifacts shown in the Prefect UI use `artifacts_command` instead (tasks/links.py)."""
-    return uri if "://" in uri else Path(uri).as_uri()
 
 
 def publish_pr_artifact(feature_id: str, markdown: str, description: str) -> None:

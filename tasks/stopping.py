@@ -58,6 +58,9 @@ class RunGuard:
         reader, writer = socket.socketpair()
         writer.setblocking(False)
         self._reader, self._wake = reader, writer
+        self._previous_fd, self._previous = -1, {}
+        if threading.current_thread() is not threading.main_thread():
+            return self  # an in-process caller off the main thread keeps its own signals
         self._previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
         self._previous = {
             signum: signal.signal(signum, self._on_signal)
@@ -73,7 +76,8 @@ class RunGuard:
         back and let the watcher threads end."""
         global _guard
         self.done = True
-        signal.set_wakeup_fd(self._previous_fd)
+        if self._previous:  # installed on the main thread
+            signal.set_wakeup_fd(self._previous_fd)
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         with contextlib.suppress(OSError):

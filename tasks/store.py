@@ -22,10 +22,11 @@ from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_json
 
-from flotilla.errors import RunError
+from flotilla.errors import RunError, StoreUnavailable
 from flotilla.redaction import redact_bytes
 from flotilla.results import UnitRecord
 from flotilla.settings import get_settings
+from tasks.store_faults import with_retries
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -109,6 +110,8 @@ class ArtifactStore:
                 endpoint_url=self.endpoint_url,
                 skip_instance_cache=True,
                 use_listings_cache=False,
+                # fail fast into Flotilla's own retries (tasks.store_faults), which are bounded
+                config_kwargs={"connect_timeout": 10, "retries": {"max_attempts": 2}},
             )
             return "s3", f"s3://{name}", name, fs
         if protocol == "memory":
@@ -157,15 +160,25 @@ class ArtifactStore:
         """
         path = self._path(check_key(key))
         data = redact_bytes(data)
+        self._call("write", key, lambda: self._put(path, data))
+
+    def _put(self, path: str, data: bytes) -> None:
+        """The one place bytes are written (a hook for whatever must see them first)."""
+        if self._local:
+            _replace_with(Path(path), lambda tmp: tmp.write_bytes(data))
+        elif self.protocol == "s3":
+            self._fs.pipe_file(path, data, chunksize=_S3_SINGLE_PUT_LIMIT)
+        else:
+            self._fs.pipe_file(path, data)
+
+    def _call(self, action: str, key: str, call: Any) -> Any:
+        """`call()` with transient faults retried (bounded); other OSErrors said plainly."""
         try:
-            if self._local:
-                _replace_with(Path(path), lambda tmp: tmp.write_bytes(data))
-            elif self.protocol == "s3":
-                self._fs.pipe_file(path, data, chunksize=_S3_SINGLE_PUT_LIMIT)
-            else:
-                self._fs.pipe_file(path, data)
+            return with_retries(call, self.url)
+        except (FileExistsError, StoreUnavailable):
+            raise
         except OSError as exc:
-            raise self._unreachable("write", key, exc) from exc
+            raise self._unreachable(action, key, exc) from exc
 
     def write_text(self, key: str, text: str) -> None:
         self.write_bytes(key, text.encode("utf-8"))
@@ -184,7 +197,8 @@ class ArtifactStore:
         PUT with If-None-Match, which AWS, MinIO and moto honour). memory:// checks first.
         """
         path = self._path(check_key(key))
-        try:
+
+        def claim() -> None:
             if self._local:
                 target = Path(path)
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -196,14 +210,15 @@ class ArtifactStore:
                     tmp.unlink(missing_ok=True)
             elif self.protocol == "s3":
                 self._fs.pipe_file(path, data, mode="create")
-            elif self.exists(key):
-                return False
+            elif self._fs.isfile(path):
+                raise FileExistsError(path)
             else:
                 self._fs.pipe_file(path, data)
+
+        try:
+            self._call("create", key, claim)
         except FileExistsError:
-            return False
-        except OSError as exc:
-            raise self._unreachable("create", key, exc) from exc
+            return False  # after a lost answer, possibly our own earlier attempt: callers check
         return True
 
     def upload_file(self, key: str, local: Path) -> None:
@@ -216,13 +231,14 @@ class ArtifactStore:
             if redact_bytes(data) != data:
                 return self.write_bytes(key, data)
         path = self._path(check_key(key))
-        try:
+
+        def put() -> None:
             if self._local:
                 _replace_with(Path(path), lambda tmp: shutil.copyfile(local, tmp))
             else:
                 self._fs.put_file(str(local), path)
-        except OSError as exc:
-            raise self._unreachable("upload", key, exc) from exc
+
+        self._call("upload", key, put)
 
     def upload_dir(self, prefix: str, local_dir: Path) -> list[str]:
         """Upload every file under `local_dir` to `prefix/<relative path>`; return the keys."""
@@ -252,12 +268,16 @@ class ArtifactStore:
         """The object's bytes; KeyError(key) when it does not exist."""
         path = self._path(check_key(key))
         self._fresh()
-        try:
-            if self._local:
-                return Path(path).read_bytes()
-            return self._fs.cat_file(path)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            raise KeyError(key) from None
+
+        def get() -> bytes:
+            try:
+                if self._local:
+                    return Path(path).read_bytes()
+                return self._fs.cat_file(path)
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                raise KeyError(key) from None
+
+        return self._call("read", key, get)
 
     def read_text(self, key: str) -> str:
         return self.read_bytes(key).decode("utf-8")
@@ -285,10 +305,14 @@ class ArtifactStore:
         local = Path(local)
         local.parent.mkdir(parents=True, exist_ok=True)
         self._fresh()
-        try:
-            _replace_with(local, lambda tmp: self._fs.get_file(path, str(tmp)))
-        except (FileNotFoundError, IsADirectoryError):
-            raise KeyError(key) from None
+
+        def get() -> None:
+            try:
+                _replace_with(local, lambda tmp: self._fs.get_file(path, str(tmp)))
+            except (FileNotFoundError, IsADirectoryError):
+                raise KeyError(key) from None
+
+        self._call("download", key, get)
 
     def download_dir(self, prefix: str, local_dir: Path) -> list[str]:
         """Download every key under `prefix` to `local_dir/<relative path>`; return the keys."""
@@ -304,16 +328,27 @@ class ArtifactStore:
         if self._local:
             return os.path.isfile(path)
         self._fresh()
-        return self._fs.isfile(path)
+
+        def look() -> bool:
+            try:  # not fs.isfile, which answers False when the store cannot be reached
+                return self._fs.info(path).get("type") == "file"
+            except FileNotFoundError:
+                return False
+
+        return self._call("check", key, look)
 
     def list(self, prefix: str = "") -> list[str]:
         """Keys under `prefix` (recursive, relative to the store root, sorted); [] if none."""
         prefix = _check_prefix(prefix)
         self._fresh()
-        try:
-            found = self._fs.find(self._path(prefix), withdirs=False)
-        except FileNotFoundError:
-            return []
+
+        def find() -> list[str]:
+            try:
+                return self._fs.find(self._path(prefix), withdirs=False)
+            except FileNotFoundError:
+                return []
+
+        found = self._call("list", prefix or ".", find)
         head = f"{prefix}/" if prefix else ""
         keys = []
         for path in found:
@@ -342,8 +377,8 @@ class ArtifactStore:
                 os.replace(src_path, dst_path)
                 self._prune(Path(src_path).parent)
             else:
-                self._fs.cp_file(src_path, dst_path)
-                self._fs.rm_file(src_path)
+                self._call("copy", src, lambda s=src_path, d=dst_path: self._fs.cp_file(s, d))
+                self._call("remove", src, lambda s=src_path: self._fs.rm_file(s))
 
     def delete(self, key_or_prefix: str) -> None:
         """Delete an object and everything under it as a prefix; missing keys are fine."""
@@ -361,7 +396,7 @@ class ArtifactStore:
         if self.exists(key):
             paths.append(path)
         if paths:
-            self._fs.rm(paths)
+            self._call("delete", key, lambda: self._fs.rm(paths))
 
     def _prune(self, directory: Path) -> None:
         """Remove empty local directories left behind, up to (not including) the root."""

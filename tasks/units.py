@@ -32,6 +32,7 @@ from tasks.control import proposals_key
 from tasks.naming import retire_tag_queues, unit_tag, unit_task_name
 from tasks.reporting import note_unit, publish_unit_report
 from tasks.spending import UnitBudget
+from tasks.stage_inputs import RunRef
 from tasks.stats import record_duration, record_usage
 from tasks.store import ArtifactStore, RunStore
 from tasks.unit_diff import publish_unit_diff
@@ -41,14 +42,19 @@ TAIL_FOR_PROMPT = 80
 
 
 class UnitJob(BaseModel):
-    """One unit's input: the run, the unit, its resolved settings, where it starts from."""
+    """One unit's input: the run (by reference: tasks/stage_inputs.py), the unit, its resolved
+    settings, where it starts from."""
 
-    ctx: RunContext
+    run: RunRef
     unit: UnitSpec
     settings: UnitSettings
     base_commit: str
     dep_branches: list[str]
     fingerprint: str
+
+    @property
+    def ctx(self) -> RunContext:
+        return self.run.ctx
 
 
 class UnitFailed(Exception):

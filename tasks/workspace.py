@@ -262,7 +262,9 @@ class Workspace:
     # -- publishing ------------------------------------------------------------------------
 
     def push(self, branches: list[str], remote: str | None = None) -> None:
-        """Push branches to the target (or `remote`); flotilla/* and flotilla-*/ are force-updated.
+        """Push branches to the target (or `remote`) at once; flotilla/* and flotilla-*/ are
+        force-updated. Used for a unit's own branch (the `unit` flow); a run's publishing goes
+        through `tasks.pushing`, which never drops a commit it did not make.
 
         The base branch is refused, so the user's history is never rewritten.
         """
@@ -283,6 +285,7 @@ class Workspace:
         self._git(
             "push",
             "--quiet",
+            "--atomic",
             "--no-verify",
             destination,
             *specs,

@@ -174,7 +174,7 @@ def test_answers_are_read_from_prose_fences_or_bare_lists():
     )
     bad = check_answer(request, '{"units": [{"id": "a", "agent": "nobody"}]}', 1)
     assert not bad.accepted
-    assert bad.problems[0].startswith("units[0].agent (unit 'a'): unknown agent 'nobody'")
+    assert bad.problems[0].startswith("units[0] (id: a).agent: unknown agent 'nobody'")
     assert (
         check_answer(request, "no json here", 2)
         .problems[0]

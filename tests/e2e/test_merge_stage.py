@@ -188,9 +188,13 @@ def test_on_conflict_fail_stops_naming_the_units_and_paths(tmp_path):
     code, result, runs = run(tmp_path, target)
 
     assert code == 1
-    assert result.error == "merging unit 'second' conflicts with unit(s) first in app.txt " + (
-        "(on_conflict: fail)"
+    assert result.error.startswith(
+        "merging unit 'second' conflicts with unit(s) first in app.txt (on_conflict: fail); "
+        "`flotilla retry` would meet the same conflict"
     )
+    assert result.feature_branch == ""  # never published, so never named
+    report = runs.store.read_text(f"{runs.prefix}/feature/failures.md")
+    assert "No unit failed, so `flotilla retry" in report and "runs the failed" not in report
     assert all("conflict=True" not in line for line in calls(tmp_path))
     assert git(target, "branch", "--list", "flotilla/merge-demo") == ""  # nothing published
     record = runs.read_record("second")

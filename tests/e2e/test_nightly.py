@@ -86,7 +86,10 @@ def test_the_nightly_flow_files_each_request_under_done_or_failed(tmp_path, s3_s
     bad = s3_store.read_json("failed/bad.result.json")
     assert bad["state"] == "invalid"
     assert bad["run_key"] == ""
-    assert f"{s3_store.uri('inbox/bad.yaml')}:4: units[0].promt: unknown field" in bad["error"]
+    assert (
+        f"{s3_store.uri('inbox/bad.yaml')}:4: units[0] (id: only).promt: unknown field"
+        in bad["error"]
+    )
     assert s3_store.read_text("failed/bad.yaml") == BAD_REQUEST
 
 

@@ -191,7 +191,9 @@ def test_each_run_of_a_feature_adds_a_version_under_the_same_keys(tmp_path):
     request = write_request(tmp_path, feature, [{"id": "only"}])
     for key in ("first", "second"):
         args = ["run", str(request), "--repo", str(target), "--store", str(tmp_path / "store")]
-        assert main([*args, "--workdir", str(tmp_path / "work"), "--run-key", key]) == 0
+        # the second run overwrites the first one's branches: another run's work needs --force
+        force = ["--force"] if key == "second" else []
+        assert main([*args, "--workdir", str(tmp_path / "work"), "--run-key", key, *force]) == 0
 
     for kind in ("progress", "units", "unit-only", "report", "pr"):
         versions = artifacts(f"{feature}-{kind}")

@@ -69,7 +69,7 @@ def request_for(tmp_path: Path, github: FakeGitHub, remote: Path, **publish) -> 
     )
 
 
-def run(tmp_path: Path, request: Path, run_key: str) -> int:
+def run(tmp_path: Path, request: Path, run_key: str, *extra: str) -> int:
     return main(
         [
             "run",
@@ -82,6 +82,7 @@ def run(tmp_path: Path, request: Path, run_key: str) -> int:
             str(tmp_path / "work"),
             "--run-key",
             run_key,
+            *extra,
         ]
     )
 
@@ -149,12 +150,14 @@ def test_opens_a_draft_pr_then_updates_it_on_the_next_run(
     assert f"[`flotilla/gh-feature--models`]({web}/flotilla/gh-feature--models)" in texts
     assert f"[{PR_URL}]({PR_URL})The pull request of run gh-1" in texts  # the link artifact
 
-    # The same feature again, this time with the token in a Prefect Secret block.
+    # The same feature again, this time with the token in a Prefect Secret block. A new run
+    # key over the branches of gh-1 must say --force (those commits are another run's).
     monkeypatch.delenv("GITHUB_TOKEN")
     Secret(value=TOKEN).save("flotilla-e2e-github", overwrite=True)
     again = request_for(tmp_path, github, remote, token_secret_block="flotilla-e2e-github")
 
-    assert run(tmp_path, again, "gh-2") == 0
+    assert run(tmp_path, again, "gh-2") == 5
+    assert run(tmp_path, again, "gh-2", "--force") == 0
 
     assert f"Pull request:   {PR_URL}" in capsys.readouterr().out
     assert len(github.pulls["acme/app"]) == 1

@@ -222,7 +222,7 @@ def test_the_quickstart_validate_examples_print_what_the_page_shows(tmp_path, mo
     """The YAML blocks are the files; `flotilla validate` on them prints the shown output."""
     text = (ROOT / "docs/quickstart.md").read_text()
     for name, body in re.findall(r"^```yaml\n# ([\w.-]+\.yaml)\n(.*?)^```", text, re.M | re.S):
-        (tmp_path / name).write_text(body)
+        (tmp_path / name).write_text(f"# {name}\n{body}")  # the block as a reader pastes it
     monkeypatch.chdir(tmp_path)
     ran = 0
     last_code = 0

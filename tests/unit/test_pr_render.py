@@ -15,7 +15,8 @@ from tasks.publishing import (
     render_report,
 )
 
-STORE = "s3://bucket/flotilla/runs/auth-1"
+STORE = "s3://bucket/flotilla"
+FETCH = "flotilla artifacts auth-1"
 
 
 def report(passed: int, failed: int = 0, skipped: int = 0, failing=(), command="pytest -q"):
@@ -86,17 +87,17 @@ def draft(**kw) -> PullRequestDraft:
         ],
         "gate": report(9, command="make test"),
         "strategy": "squash",
-        "artifact_links": {u.unit_id: f"{STORE}/units/{u.unit_id}" for u in units},
+        "artifact_links": {u.unit_id: f"{FETCH} {u.unit_id} --store {STORE}" for u in units},
         "unit_artifacts": {
             "models": [
-                ArtifactLink(name="summary.md", url=f"{STORE}/units/models/summary.md"),
-                ArtifactLink(name="logs/attempt-1.log", url=f"{STORE}/units/models/logs/a.log"),
+                ArtifactLink(name="summary.md", url=f"{FETCH} models --get summary.md"),
+                ArtifactLink(name="logs/attempt-1.log", url="https://ci.example/a.log"),
             ]
         },
-        "feature_artifacts": [ArtifactLink(name="gate.log", url=f"{STORE}/feature/gate.log")],
+        "feature_artifacts": [ArtifactLink(name="gate.log", url=f"{FETCH} --get feature/gate.log")],
         "missing_units": ["docs"],
         "run_key": "auth-1",
-        "run_url": STORE,
+        "run_url": f"{FETCH} --store {STORE}",
     }
     return PullRequestDraft(**{**values, **kw})
 
@@ -121,7 +122,8 @@ def test_summary_carries_the_feature_and_its_totals():
     assert "- **Unit tests:** passed (7 passed, 1 skipped) in 3.0s" in text
     assert "- **Feature test gate:** passed (9 passed) in 1.5s" in text
     assert "- **Conflicts resolved:** 1" in text
-    assert f"- **Run:** `auth-1` · artifacts in {STORE}" in text
+    assert f"- **Run:** `auth-1` · artifacts: `{FETCH} --store {STORE}`" in text
+    assert "file://" not in text
     assert "**Partial feature.** These units are missing: `docs`" in text
 
 
@@ -149,7 +151,7 @@ def test_conflicts_and_gate_sections():
     assert "`api` (Login endpoint): conflicted in `src/app.py`; re-implemented" in conflicts
     gate = section(text, "## Feature test gate")
     assert "`make test`: passed (9 passed) in 1.5s (from junit)" in gate
-    assert f"[gate.log]({STORE}/feature/gate.log)" in gate
+    assert "Artifacts: `gate.log`" in gate
 
 
 def test_a_clean_run_says_so():
@@ -169,8 +171,9 @@ def test_one_section_per_unit_in_merge_order_then_the_rest():
     assert "Agent summary of models." in models
     assert "**Tests:** passed (4 passed, 1 skipped) in 1.5s · `pytest -q`" in models
     assert "**Files changed (1):** `src/models.py`" in models
-    assert f"[summary.md]({STORE}/units/models/summary.md)" in models
-    assert f"(in {STORE}/units/models)" in models
+    # store paths are local to the machine that wrote them: names, and the command to fetch
+    assert "`summary.md` · [logs/attempt-1.log](https://ci.example/a.log)" in models
+    assert f"`{FETCH} models --store {STORE}` (`--get NAME` prints one)" in models
 
 
 def test_a_failed_unit_lists_its_failing_tests_and_error():
@@ -178,7 +181,7 @@ def test_a_failed_unit_lists_its_failing_tests_and_error():
 
     assert "Status: **failed**" in docs and "Tests failed after 3 iterations." in docs
     assert "- `tests/test_docs.py::test_links`" in docs and "- `test_toc`" in docs
-    assert f"**Artifacts:** {STORE}/units/docs" in docs
+    assert f"**Artifacts:** `{FETCH} docs --store {STORE}`" in docs
 
 
 def test_many_files_fold_and_reworks_are_told():
@@ -220,7 +223,7 @@ def test_nothing_merged():
 def test_report_leads_with_the_pull_request_then_the_same_content():
     pr = PublishedPR(provider="github", url="https://github.com/acme/app/pull/7", created=True)
 
-    text = render_report(draft(), pr, f"{STORE}/feature/pr.md")
+    text = render_report(draft(), pr, f"{FETCH} --get feature/pr.md")
 
     assert text.startswith("# Feature PR: Add auth\n")
     assert "- **Pull request:** https://github.com/acme/app/pull/7 (opened on github)" in text
@@ -231,9 +234,9 @@ def test_report_leads_with_the_pull_request_then_the_same_content():
 
 
 def test_report_for_the_local_provider_points_at_pr_md():
-    text = render_report(draft(), PublishedPR(provider="local"), f"{STORE}/feature/pr.md")
+    text = render_report(draft(), PublishedPR(provider="local"), f"{FETCH} --get feature/pr.md")
 
-    assert f"flotilla/auth with its description at {STORE}/feature/pr.md" in text
+    assert f"`flotilla/auth`; its description: `{FETCH} --get feature/pr.md`" in text
 
 
 def test_fit_body_cuts_at_a_section_and_says_where_the_rest_is():
@@ -241,10 +244,10 @@ def test_fit_body_cuts_at_a_section_and_says_where_the_rest_is():
     text = render_pr(draft(units=many, merge_order=[u.unit_id for u in many], merges=[]))
     assert len(text) > 15_000
 
-    cut = fit_body(text, 15_000, f"{STORE}/feature/pr.md")
+    cut = fit_body(text, 15_000, f"{FETCH} --get feature/pr.md")
 
     assert len(cut) <= 15_000
-    assert cut.endswith(f"The full description is in {STORE}/feature/pr.md._\n")
+    assert cut.endswith(f"The full description: `{FETCH} --get feature/pr.md`._\n")
     body = cut.rsplit("\n---\n", 1)[0].rstrip()
     last = re.findall(r"^### u(\d+) ", body, re.M)[-1]
     assert body.endswith(f"**Files changed (1):** `src/u{last}.py`")  # the last section is whole

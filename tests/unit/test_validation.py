@@ -69,26 +69,31 @@ def test_missing_required_field(tmp_path, capsys):
 def test_unknown_field_lists_the_allowed_ones(tmp_path, capsys):
     path = write(tmp_path, GOOD_UNITS + "  - id: a\n    promt: typo\n")
     assert_rejected(
-        path, capsys, f"{path}:7: units[0].promt: unknown field 'promt'; allowed: id, title, prompt"
+        path,
+        capsys,
+        f"{path}:7: units[0] (id: a).promt: unknown field 'promt' (did you mean 'prompt'?); "
+        "allowed: id, title, prompt",
     )
 
 
 def test_duplicate_unit_id(tmp_path, capsys):
     path = write(tmp_path, GOOD_UNITS + "  - id: a\n  - id: a\n")
     assert_rejected(
-        path, capsys, f"{path}:7: units[1].id: duplicate unit id 'a' (first at units[0])"
+        path, capsys, f"{path}:7: units[1] (id: a).id: duplicate unit id 'a' (first at units[0])"
     )
 
 
 @pytest.mark.parametrize("bad_id", ["../x", "a b", "A;rm"])
 def test_unsafe_unit_ids_are_rejected(tmp_path, capsys, bad_id):
     path = write(tmp_path, GOOD_UNITS + f"  - id: '{bad_id}'\n")
-    assert_rejected(path, capsys, f"units[0].id: '{bad_id}' is not a safe slug", "lowercase")
+    assert_rejected(path, capsys, f"'{bad_id}' is not a safe slug", "lowercase")
 
 
 def test_unknown_dependency(tmp_path, capsys):
     path = write(tmp_path, GOOD_UNITS + "  - id: a\n  - id: b\n    depends_on: [zz]\n")
-    assert_rejected(path, capsys, "units[1].depends_on[0]: unknown unit 'zz'; known units: a, b")
+    assert_rejected(
+        path, capsys, "units[1] (id: b).depends_on[0]: unknown unit 'zz'; known units: a, b"
+    )
 
 
 def test_dependency_cycle_is_printed_as_its_path(tmp_path, capsys):
@@ -110,14 +115,16 @@ def test_input_must_name_a_declared_output(tmp_path, capsys):
     assert_rejected(
         path,
         capsys,
-        "units[1].inputs[0]: unit 'a' does not declare output 'other.json' (its outputs: "
+        "units[1] (id: b).inputs[0]: unit 'a' does not declare output 'other.json' (its outputs: "
         "schema.json)",
     )
 
 
 def test_unknown_agent_name(tmp_path, capsys):
     path = write(tmp_path, GOOD_UNITS + "  - id: a\n    agent: ghost\n")
-    assert_rejected(path, capsys, "units[0].agent: unknown agent 'ghost'", "scripted", "claude")
+    assert_rejected(
+        path, capsys, "units[0] (id: a).agent: unknown agent 'ghost'", "scripted", "claude"
+    )
 
 
 def test_unknown_preset(tmp_path, capsys):
@@ -130,7 +137,11 @@ def test_unknown_preset(tmp_path, capsys):
         units: [{id: a, agent: mine}]
         """,
     )
-    assert_rejected(path, capsys, f"{path}:3: agents.mine.preset: Input should be 'claude'")
+    assert_rejected(
+        path,
+        capsys,
+        f"{path}:3: agents.mine.preset: 'vim' is not a preset; use one of claude, codex, aider",
+    )
 
 
 def test_every_problem_is_reported_at_once(tmp_path, capsys):
@@ -213,7 +224,7 @@ def test_a_bad_request_changes_nothing(tmp_path, capsys):
     )
     out = capsys.readouterr().err
     assert code == 2
-    assert "a unit cannot depend on itself" in out
+    assert "units[0] (id: a).depends_on[0]: unit 'a' depends on itself" in out
     assert not store.exists() and not workdir.exists()
     assert subprocess.run([*git, "for-each-ref"], capture_output=True, text=True).stdout == before
 
