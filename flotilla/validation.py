@@ -52,7 +52,8 @@ def validate_request(
         issues += _check_agent(request, ("units", i, "agent"), unit.agent, invalid_agents)
         for k, ref in enumerate(unit.candidates or ()):
             issues += _check_agent(request, ("units", i, "candidates", k), ref, invalid_agents)
-        if unit.agent is None and request.defaults.agent is None and not unit.candidates:
+        no_candidates = not (unit.candidates or request.defaults.candidates)
+        if unit.agent is None and request.defaults.agent is None and no_candidates:
             issues.append(
                 (("units", i, "agent"), "no agent: set `agent` on the unit or `defaults.agent`")
             )
