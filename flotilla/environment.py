@@ -75,6 +75,7 @@ CONTRACT_NAMES = frozenset(
         "FLOTILLA_ATTEMPT",
         "FLOTILLA_USAGE_FILE",
         "FLOTILLA_CANDIDATE",
+        "FLOTILLA_CANDIDATES_DIR",  # best-of-N: the judge's folder of candidates
         "FLOTILLA_PLAN_FILE",  # the LLM decomposer's answer
     }
 )

@@ -102,15 +102,17 @@ def estimate_run(
     for unit_id in plan.units:
         settings = plan.settings[unit_id]
         label = agent_label(settings.agent_name, settings.agent.model)
-        units.append(
-            estimate_unit(
-                unit_id,
-                label,
-                settings.resources,
-                prompt_chars.get(unit_id, 0),
-                samples.get(label, []),
-            )
+        unit = estimate_unit(
+            unit_id,
+            label,
+            settings.resources,
+            prompt_chars.get(unit_id, 0),
+            samples.get(label, []),
         )
+        if unit.cost is not None and settings.best_of > 1:  # every candidate is paid for
+            n = settings.best_of
+            unit.cost = Span(low=unit.cost.low * n, mid=unit.cost.mid * n, high=unit.cost.high * n)
+        units.append(unit)
     costs = [u.cost for u in units if u.cost is not None]
     missing = sorted({u.agent for u in units if not u.samples})
     return RunEstimate(

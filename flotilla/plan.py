@@ -27,6 +27,13 @@ from flotilla.spec import (
 DEFAULT_RESOURCES = {"light": 10, "standard": 5, "heavy": 2}
 
 
+class NamedAgent(BaseModel):
+    """An agent as the request names it (a key of `agents`, a preset, or `inline`)."""
+
+    name: str
+    agent: AgentSpec
+
+
 class UnitSettings(BaseModel):
     """Everything a unit needs to run, after defaults and precedence are applied."""
 
@@ -39,6 +46,10 @@ class UnitSettings(BaseModel):
     resources: str
     env: dict[str, str] = {}  # the request's `env:` for this unit: defaults', then the unit's
     pass_env: list[str] = []  # likewise for `pass_env:`; the agent's own are in `agent`
+    best_of: int = 1  # candidates run in parallel (flotilla/candidates.py)
+    candidates: list[NamedAgent] = []  # candidate k runs candidates[k-1]; empty when best_of 1
+    pick: str = "first_pass"
+    judge: str | None = None
 
 
 @dataclass
@@ -261,13 +272,20 @@ def resolve_settings(
     request: FeatureRequest, unit: UnitSpec, stage: StageSpec | None
 ) -> UnitSettings:
     """Apply precedence: unit, then its agent, then request defaults, then the stage."""
-    ref = unit.agent if unit.agent is not None else request.defaults.agent
-    if isinstance(ref, AgentSpec):
-        agent, name = ref, "inline"
-    elif ref in request.agents:
-        agent, name = request.agents[ref], ref
-    else:
-        agent, name = AgentSpec(preset=ref), str(ref)
+    defaults = request.defaults
+    refs = unit.candidates if unit.candidates is not None else defaults.candidates
+    ref = unit.agent if unit.agent is not None else defaults.agent
+    if ref is None and refs:
+        ref = refs[0]
+    agent, name = _named_agent(request, ref)
+    best_of = (
+        unit.best_of
+        or len(unit.candidates or ())
+        or (defaults.best_of if defaults.best_of > 1 else len(refs))
+        or 1
+    )
+    pool = [NamedAgent(name=n, agent=a) for a, n in (_named_agent(request, r) for r in refs)]
+    pool = pool or [NamedAgent(name=name, agent=agent)]
     policy = (
         unit.retry_policy
         or agent.retry_policy
@@ -285,4 +303,16 @@ def resolve_settings(
         resources=unit.resources or request.defaults.resources,
         env={**request.defaults.env, **unit.env},
         pass_env=[*request.defaults.pass_env, *unit.pass_env],
+        best_of=best_of,
+        candidates=[pool[k % len(pool)] for k in range(best_of)] if best_of > 1 else [],
+        pick=unit.pick or defaults.pick,
+        judge=unit.judge if unit.judge is not None else defaults.judge,
     )
+
+
+def _named_agent(request: FeatureRequest, ref) -> tuple[AgentSpec, str]:
+    if isinstance(ref, AgentSpec):
+        return ref, "inline"
+    if ref in request.agents:
+        return request.agents[ref], ref
+    return AgentSpec(preset=ref), str(ref)

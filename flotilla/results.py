@@ -111,6 +111,38 @@ class ReworkNote(BaseModel):
     detail: str = ""
 
 
+class CandidateOutcome(StrEnum):
+    RUNNING = "running"
+    PASSED = "passed"  # its tests passed (or the unit has none) and its work is committed
+    FAILED = "failed"  # its tests failed, or its agent did
+    STOPPED = "stopped"  # another candidate won first (`first_pass`)
+
+
+class CandidateResult(BaseModel):
+    """One candidate of a best-of-N unit: its agent, branch, work, tests and spend."""
+
+    number: int
+    agent_name: str = ""
+    branch: str = ""
+    outcome: CandidateOutcome = CandidateOutcome.RUNNING
+    attempts: int = 0
+    iterations: int = 0
+    start_commit: str = ""
+    commit: str = ""
+    diff_lines: int = 0
+    tests: TestReport | None = None
+    failure_class: FailureClass | None = None
+    error: str = ""
+    summary: str = ""
+    log_path: str = ""
+    fingerprint: str = ""
+    usage: list[AttemptUsage] = Field(default_factory=list)
+
+    @property
+    def total_usage(self) -> Usage:
+        return Usage.total(a.usage for a in self.usage)
+
+
 class UnitRecord(BaseModel):
     """A unit's entry in the run ledger: the single source of truth for its state."""
 
@@ -141,6 +173,11 @@ class UnitRecord(BaseModel):
     usage: list[AttemptUsage] = Field(
         default_factory=list, description="What each attempt's agent calls spent, in order"
     )
+    candidates: list[CandidateResult] = Field(
+        default_factory=list, description="best_of > 1: every candidate, the winner's included"
+    )
+    winner: int | None = None
+    pick_note: str = ""  # "candidate 2 of 3 won: tests passed, 40 lines; 1 and 3 failed tests"
 
     @property
     def total_usage(self) -> Usage:

@@ -76,14 +76,15 @@ class ClassRoom:
         for resource_class in running:
             self.take(resource_class)
 
-    def has_room(self, resource_class: str) -> bool:
+    def has_room(self, resource_class: str, slots: int = 1) -> bool:
+        """`slots` > 1 for a best-of-N unit: one per candidate running at once."""
         if resource_class in self.full:
             return False
         limit = self.limits.get(resource_class)
-        return limit is None or self.used.get(resource_class, 0) < limit
+        return limit is None or self.used.get(resource_class, 0) + slots <= limit
 
-    def take(self, resource_class: str) -> None:
-        self.used[resource_class] = self.used.get(resource_class, 0) + 1
+    def take(self, resource_class: str, slots: int = 1) -> None:
+        self.used[resource_class] = self.used.get(resource_class, 0) + slots
 
     def close(self, resource_class: str) -> None:
         """The class is full across runs: start none of it until a later tick."""

@@ -30,6 +30,22 @@ Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN, max_length=64)]
 PRESETS = ("claude", "codex", "aider", "gemini", "cursor-agent", "copilot", "opencode")
 Preset = Literal["claude", "codex", "aider", "gemini", "cursor-agent", "copilot", "opencode"]
 FailureKind = Literal["agent_failed", "tests_failed", "timed_out"]
+Pick = Literal["first_pass", "all_pass_then_judge"]
+BEST_OF_HELP = "Candidates that implement the unit in parallel; the best one's work is kept."
+CANDIDATES_HELP = (
+    "Agents for the candidates (names from `agents`, presets or inline agents), used in turn; "
+    "without `best_of`, one candidate each."
+)
+PICK_HELP = (
+    "How the winner is chosen: `first_pass` (the first whose tests pass; the others are "
+    "stopped) or `all_pass_then_judge` (all run; the judge, else the smallest diff, picks "
+    "among those that pass)."
+)
+JUDGE_HELP = (
+    "all_pass_then_judge: the name of an agent from `agents`, or a shell command, run in "
+    "$FLOTILLA_CANDIDATES_DIR (each passing candidate's diff, test report and summary); it "
+    "prints the winning candidate's number."
+)
 
 
 def _check_env_values(values: dict[str, str]) -> dict[str, str]:
@@ -202,6 +218,10 @@ class Defaults(StrictModel):
     env: EnvValues = Field(default_factory=dict, description=ENV_HELP)
     pass_env: PassEnv = Field(default_factory=list, description=PASS_ENV_HELP)
     budget: Budget | None = Field(None, description="Each unit's own budget (all its attempts).")
+    best_of: int = Field(1, ge=1, le=10, description=BEST_OF_HELP)
+    candidates: list[AgentRef] = Field(default_factory=list, description=CANDIDATES_HELP)
+    pick: Pick = Field("first_pass", description=PICK_HELP)
+    judge: str | None = Field(None, min_length=1, description=JUDGE_HELP)
 
 
 class UnitSpec(StrictModel):
@@ -232,6 +252,10 @@ class UnitSpec(StrictModel):
     env: EnvValues = Field(default_factory=dict, description=ENV_HELP)
     pass_env: PassEnv = Field(default_factory=list, description=PASS_ENV_HELP)
     budget: Budget | None = Field(None, description="This unit's budget; beats `defaults.budget`.")
+    best_of: int | None = Field(None, ge=1, le=10, description=BEST_OF_HELP)
+    candidates: list[AgentRef] | None = Field(None, description=CANDIDATES_HELP)
+    pick: Pick | None = Field(None, description=PICK_HELP)
+    judge: str | None = Field(None, min_length=1, description=JUDGE_HELP)
 
     @model_validator(mode="after")
     def _check_names(self) -> UnitSpec:

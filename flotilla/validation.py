@@ -50,11 +50,16 @@ def validate_request(
     for i, unit in enumerate(request.units):
         issues += _check_references(request, i, unit, index, invalid_units)
         issues += _check_agent(request, ("units", i, "agent"), unit.agent, invalid_agents)
-        if unit.agent is None and request.defaults.agent is None:
+        for k, ref in enumerate(unit.candidates or ()):
+            issues += _check_agent(request, ("units", i, "candidates", k), ref, invalid_agents)
+        no_candidates = not (unit.candidates or request.defaults.candidates)
+        if unit.agent is None and request.defaults.agent is None and no_candidates:
             issues.append(
                 (("units", i, "agent"), "no agent: set `agent` on the unit or `defaults.agent`")
             )
     issues += _check_agent(request, ("defaults", "agent"), request.defaults.agent, invalid_agents)
+    for k, ref in enumerate(request.defaults.candidates):
+        issues += _check_agent(request, ("defaults", "candidates", k), ref, invalid_agents)
     for name, agent in request.agents.items():
         issues += check_command(("agents", name), agent)
     if not issues and not invalid_units:

@@ -16,6 +16,8 @@ from prefect import flow, get_run_logger
 from prefect.states import Failed, State
 from pydantic import BaseModel, Field
 
+from flotilla.candidates import slot_keys
+from flotilla.candidates import width as candidate_width
 from flotilla.growth import AddedUnit, review_proposals
 from flotilla.plan import Plan, resource_limits
 from flotilla.results import FailureClass, UnitRecord, UnitStatus, utcnow
@@ -206,7 +208,8 @@ class UnitLoop:
             if self.budget_spent():
                 break
             resource_class = self.plan.settings[unit_id].resources
-            if not room.has_room(resource_class):
+            keys = self.slot_keys(unit_id)
+            if not room.has_room(resource_class, len(keys)):
                 continue
             job = self.job_for(unit_id)
             if (previous := self.reusable(job)) is not None:
@@ -215,11 +218,11 @@ class UnitLoop:
                 self.take_proposals(unit_id)
                 reused += 1
                 continue
-            if self.slots is not None and not self.slots.try_acquire(resource_class, unit_id):
+            if not self.acquire(resource_class, keys):
                 room.close(resource_class)  # full across runs: this unit waits for a later tick
                 self.deferred.add(resource_class)
                 continue
-            room.take(resource_class)
+            room.take(resource_class, len(keys))
             self.status[unit_id] = UnitStatus.RUNNING
             handle = self.launcher.launch(job, [unit_tag(unit_id)])
             self.running[handle] = (unit_id, handle)
@@ -232,8 +235,30 @@ class UnitLoop:
         return reused
 
     def running_classes(self) -> dict[str, str]:
-        """Each running unit's resource class."""
-        return {u: self.plan.settings[u].resources for u, _ in self.running.values()}
+        """Each class slot held (a unit's, or each of a best-of unit's candidates') -> class."""
+        return {
+            key: self.plan.settings[u].resources
+            for u, _ in self.running.values()
+            for key in self.slot_keys(u)
+        }
+
+    def slot_keys(self, unit_id: str) -> list[str]:
+        """A best-of-N unit takes a slot of its class per candidate running at once (see
+        tasks/candidates.py); any other unit one."""
+        settings = self.plan.settings[unit_id]
+        limit = self.class_limits.get(settings.resources)
+        return slot_keys(unit_id, candidate_width(settings.best_of, limit))
+
+    def acquire(self, resource_class: str, keys: list[str]) -> bool:
+        """The server's slots for every key, or none of them."""
+        if self.slots is None:
+            return True
+        for at, key in enumerate(keys):
+            if not self.slots.try_acquire(resource_class, key):
+                for taken in keys[:at]:
+                    self.slots.release(taken)
+                return False
+        return True
 
     def job_for(self, unit_id: str) -> UnitJob:
         # conflict-only predecessors count only when they succeeded (a failed one has no work)
@@ -274,7 +299,8 @@ class UnitLoop:
     def finish(self, raw: cf.Future) -> None:
         unit_id, _future = self.running.pop(raw)
         if self.slots is not None:
-            self.slots.release(unit_id)
+            for key in self.slot_keys(unit_id):
+                self.slots.release(key)
         record = self.runs.read_record(unit_id)  # the ledger is the source of truth
         if record is None or not record.status.is_final:
             state = raw.result() if raw.exception() is None else None

@@ -67,7 +67,15 @@ def _finalize(
     records: dict[str, UnitRecord],
     merged: MergeResult,
 ) -> PublishResult:
-    push = push_branches(ctx, [ctx.feature_branch, *map(ctx.unit_branch, merged.merge_order)])
+    workspace = workspace_for(ctx)
+    losers = [  # best-of: the other candidates' work, for a reader to compare (on a pool, the
+        c.branch  # worker pushed them already and this clone does not have them)
+        for unit_id in merged.merge_order
+        for c in (records[unit_id].candidates if unit_id in records else [])
+        if c.commit and c.number != records[unit_id].winner and workspace.branch_sha(c.branch)
+    ]
+    branches = [ctx.feature_branch, *map(ctx.unit_branch, merged.merge_order), *losers]
+    push = push_branches(ctx, branches)
     if push.error:  # said in one line by the run's result, not as a traceback
         return PublishResult(pr_path="", pushed=[], error=push.error, exit_code=push.exit_code)
     pushed = push.pushed

@@ -66,7 +66,8 @@ def unit(
         record = run_unit.with_options(
             task_run_name=unit_task_name(unit_id, "unit"), tags=[unit_tag(unit_id)]
         )(job)
-    workspace.push([record.branch])
+    losers = [c.branch for c in record.candidates if c.commit and c.number != record.winner]
+    workspace.push([record.branch, *losers])  # best-of: the other candidates' work too
     logger.info("Unit %s succeeded; pushed %s to %s.", unit_id, record.branch, job.ctx.repo)
     return record
 

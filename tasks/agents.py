@@ -59,6 +59,7 @@ class AgentInvocation(BaseModel):
     pass_env: list[str] = Field(default_factory=list)  # the unit's and defaults' `pass_env:`
     agent_name: str = ""  # how the request names the agent, for logs
     usage_file: Path | None = None  # $FLOTILLA_USAGE_FILE: where any agent may report its usage
+    candidate: int | None = None  # best-of-N: $FLOTILLA_CANDIDATE, 1..N
 
 
 class CommandLine(BaseModel):
@@ -255,6 +256,8 @@ def agent_env(inv: AgentInvocation, agent: AgentSpec) -> dict[str, str]:
         "FLOTILLA_ITERATION": str(inv.iteration),
         "FLOTILLA_ATTEMPT": str(inv.attempt),
     }
+    if inv.candidate is not None:
+        contract["FLOTILLA_CANDIDATE"] = str(inv.candidate)
     return child_env(
         os.environ,
         preset=agent.preset,

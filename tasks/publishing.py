@@ -16,6 +16,7 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
+from flotilla.candidates import candidate_lines
 from flotilla.redaction import redact
 from flotilla.results import MergeRecord, ReworkNote, TestReport, UnitRecord, UnitStatus
 from flotilla.settings import get_settings
@@ -234,6 +235,7 @@ def _unit_section(unit: UnitRecord, draft: PullRequestDraft) -> list[str]:
         f"{unit.iterations} · {unit.duration_s:.1f}s · branch `{unit.branch}`{commit}",
         *([f"Usage: {unit.total_usage.one_line()}"] if unit.usage else []),
         "",
+        *candidate_lines(unit),
         unit.summary.strip() or "_The agent left no summary._",
         "",
     ]

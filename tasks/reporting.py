@@ -29,6 +29,7 @@ from prefect.artifacts import (
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactUpdate
 
+from flotilla.candidates import candidate_lines
 from flotilla.eta import (
     RunEta,
     UnitRow,
@@ -285,6 +286,7 @@ def unit_markdown(ctx: RunContext, unit: UnitSpec, record: UnitRecord) -> str:
         f"{f'`{record.commit[:12]}`' if record.commit else 'none'} |",
         "",
         *usage_lines(record),
+        *candidate_lines(record),
         "## Summary",
         "",
         record.summary or "_The agent wrote no summary._",
@@ -330,7 +332,8 @@ def usage_lines(record: UnitRecord) -> list[str]:
         return []
     lines = [f"**Usage:** {record.total_usage.one_line()}", ""]
     if len(record.usage) > 1:
-        lines += [f"- attempt {a.attempt}: {a.usage.one_line()}" for a in record.usage] + [""]
+        what = "candidate" if record.candidates else "attempt"  # best-of: one entry each
+        lines += [f"- {what} {a.attempt}: {a.usage.one_line()}" for a in record.usage] + [""]
     return lines
 
 

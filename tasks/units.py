@@ -1,6 +1,7 @@
 """The work loop of one unit: worktree, inputs, agent ⇄ tests, commit, outputs.
 
-`run_unit` is the Prefect task the implement stage submits once per unit. Each step is a nested
+`run_unit` is the Prefect task the implement stage submits once per unit (a unit with
+`best_of: N` runs its candidates inside it: tasks/candidates.py). Each step is a nested
 task, so the UI shows where every agent is. Attempts, backoff and rate-limit waits happen here,
 because a rate limit must cost no attempt and Prefect's own retries cannot tell the difference.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from prefect import tags, task
@@ -80,7 +82,12 @@ def run_store_for(ctx: RunContext) -> RunStore:
 
 @task(name="run-unit", persist_result=False, cache_policy=NO_CACHE)
 def run_unit(job: UnitJob) -> UnitRecord:
-    runner = UnitRunner(job)
+    if job.settings.best_of > 1:
+        from tasks.candidates import BestOfRunner  # it builds on UnitRunner, below
+
+        runner: UnitRunner | BestOfRunner = BestOfRunner(job)
+    else:
+        runner = UnitRunner(job)
     own = TaskRunContext.get()
     if own is not None:  # this task run holds its slot: its tags' queue has served it
         retire_tag_queues(own.task_run.tags)
@@ -97,10 +104,13 @@ def run_unit(job: UnitJob) -> UnitRecord:
 class UnitRunner:
     """Holds one unit's state across its attempts and keeps the ledger up to date."""
 
+    candidate: int | None = None  # best-of-N: this runner's candidate number (tasks/candidates)
+
     def __init__(self, job: UnitJob):
         self.job = job
         self.unit = job.unit
         self.ctx = job.ctx
+        self.store_id = self.unit.id  # where its logs, tests and outputs go in the store
         self.runs = run_store_for(job.ctx)
         self.workspace = workspace_for(job.ctx)
         self.record = UnitRecord(
@@ -126,9 +136,17 @@ class UnitRunner:
 
     def check_budget(self, attempt: int, iteration: int) -> None:
         """Before an agent call: raise AttemptFailed(budget) if a budget says no."""
-        refusal = self.budget.refusal(self.record.total_usage, attempt, iteration)
+        refusal = self.budget.refusal(self.spent(), attempt, iteration)
         if refusal:
             raise AttemptFailed(FailureClass.BUDGET, refusal)
+
+    def spent(self) -> Usage:
+        """What counts against the unit's budget: its own spend (all candidates' for best-of)."""
+        return self.record.total_usage
+
+    def stop_check(self) -> Callable[[], bool] | None:
+        """What stops the agent mid-call: a hard run budget, once spent."""
+        return self.budget.stop_check()
 
     def stopped_by_budget(self, worktree: Path, failed: AttemptFailed) -> AttemptFailed:
         """A hard budget stopped the agent: keep its partial work on the branch, fail `budget`."""
@@ -197,7 +215,7 @@ class UnitRunner:
         )
 
     def attempt(self, attempt: int) -> None:
-        local = Path(self.ctx.workdir) / "units" / self.unit.id / f"attempt-{attempt}"
+        local = Path(self.ctx.workdir) / "units" / self.store_id / f"attempt-{attempt}"
         shutil.rmtree(local, ignore_errors=True)
         for sub in ("inputs", "outputs"):
             (local / sub).mkdir(parents=True)
@@ -207,8 +225,8 @@ class UnitRunner:
         try:
             self._attempt(attempt, local, log_file)
         finally:
-            self.runs.store.upload_file(self.runs.log_key(self.unit.id, attempt), log_file)
-            self.record.log_path = self.runs.store.uri(self.runs.log_key(self.unit.id, attempt))
+            self.runs.store.upload_file(self.runs.log_key(self.store_id, attempt), log_file)
+            self.record.log_path = self.runs.store.uri(self.runs.log_key(self.store_id, attempt))
 
     def _attempt(self, attempt: int, local: Path, log_file: Path) -> None:
         worktree = step_worktree.with_options(name="worktree", task_run_name=self.step("worktree"))(
@@ -237,6 +255,7 @@ class UnitRunner:
             pass_env=self.job.settings.pass_env,
             agent_name=self.job.settings.agent_name,
             usage_file=local / "usage.json",
+            candidate=self.candidate,
         )
         tests: TestReport | None = None
         for iteration in range(1, self.job.settings.max_iterations + 1):
@@ -253,7 +272,7 @@ class UnitRunner:
                 update={
                     "iteration": iteration,
                     "timeout_s": self.budget.agent_timeout(
-                        self.record.total_usage, self.job.settings.timeout_s
+                        self.spent(), self.job.settings.timeout_s
                     ),
                 }
             )
@@ -292,7 +311,7 @@ class UnitRunner:
     def keep_proposals(self, path: Path) -> None:
         """Store the follow-up units the agent proposed (before the ledger says succeeded), so
         the scheduler, or a resumed one, finds them in the store."""
-        key = proposals_key(self.runs, self.unit.id)
+        key = proposals_key(self.runs, self.store_id)
         if path.is_file():
             self.runs.store.upload_file(key, path)
         else:
@@ -365,7 +384,7 @@ def step_agent(runner: UnitRunner, invocation: AgentInvocation) -> AgentOutcome:
 
     try:
         outcome = run_agent_until_done(
-            runner.job.settings.agent, invocation, on_wait=waiting, stop=runner.budget.stop_check()
+            runner.job.settings.agent, invocation, on_wait=waiting, stop=runner.stop_check()
         )
     except AgentGaveUp as gave_up:
         runner.add_usage(gave_up.usage)
@@ -388,7 +407,7 @@ def step_tests(runner: UnitRunner, worktree: Path, log_file: Path) -> TestReport
         env=test_env(settings.pass_env, settings.env),
         log_file=log_file,
     )
-    runner.runs.store.write_json(runner.runs.unit_tests_key(runner.unit.id), report)
+    runner.runs.store.write_json(runner.runs.unit_tests_key(runner.store_id), report)
     return report
 
 
@@ -400,9 +419,10 @@ def step_commit(runner: UnitRunner, worktree: Path, summary_file: Path) -> str:
     message = f"{runner.unit.display_title}\n\n{summary}\n\nFlotilla-Unit: {runner.unit.id}\n"
     sha = runner.workspace.commit_all(worktree, message)
     files = runner.workspace.changed_files(runner.record.start_commit, sha)
-    runner.runs.store.write_text(runner.runs.summary_key(runner.unit.id), summary + "\n")
+    runner.runs.store.write_text(runner.runs.summary_key(runner.store_id), summary + "\n")
     runner.save(commit=sha, files_changed=files, summary=summary)
-    publish_unit_diff(runner.ctx, runner.record, runner.workspace)
+    if runner.candidate is None:  # a best-of unit publishes its winner's diff
+        publish_unit_diff(runner.ctx, runner.record, runner.workspace)
     return sha
 
 
@@ -417,7 +437,7 @@ def step_outputs(runner: UnitRunner, outputs_dir: Path) -> list[str]:
             "$FLOTILLA_OUTPUTS_DIR",
         )
     published = runner.runs.store.upload_dir(
-        runner.runs.outputs_prefix(runner.unit.id), outputs_dir
+        runner.runs.outputs_prefix(runner.store_id), outputs_dir
     )
     runner.save(outputs=sorted(p.name for p in outputs_dir.iterdir() if p.is_file()))
     return published
