@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TagsContext, TaskRunContext
 from pydantic import BaseModel
 
+from flotilla.errors import FlotillaError
 from flotilla.estimate import prompt_size
 from flotilla.plan import UnitSettings
 from flotilla.redaction import redact
@@ -57,11 +58,14 @@ class UnitJob(BaseModel):
         return self.run.ctx
 
 
-class UnitFailed(Exception):
-    """Raised after the ledger says `failed`, so the Prefect task run ends Failed too."""
+class UnitFailed(FlotillaError):
+    """Raised after the ledger says `failed`, so the Prefect task run ends Failed too. A
+    FlotillaError: its message says it all, and the console shows no traceback for it."""
 
 
-class AttemptFailed(Exception):
+class AttemptFailed(FlotillaError):
+    """One attempt's failure, with its class (the retry policy decides on the class)."""
+
     def __init__(self, failure: FailureClass, message: str):
         super().__init__(message)
         self.failure = failure
