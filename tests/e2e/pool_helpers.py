@@ -22,7 +22,8 @@ from pathlib import Path
 import httpx
 import psutil
 
-from tests.e2e.test_deployments import PREFECT, ROOT, clean_env, cli, free_port, stop
+from tests.e2e.servers import PREFECT, clean_env, free_port, stop
+from tests.e2e.test_deployments import ROOT, cli
 
 POOL = "flotilla"
 

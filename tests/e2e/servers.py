@@ -25,17 +25,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def clean_env(tmp_path: Path, api_url: str) -> dict[str, str]:
-    """This process's environment without its Prefect or Flotilla settings, plus the server's."""
+def clean_env(tmp_path: Path, api_url: str, scheduler: bool = False) -> dict[str, str]:
+    """This process's environment without its Prefect or Flotilla settings, plus the server's.
+    The scheduler is off unless asked for (no nightly run at 02:00 in the middle of a test)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FLOTILLA_"))}
-    return {
+    env = {
         **env,
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "PREFECT_API_URL": api_url,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",  # no nightly run at 02:00
         "PREFECT_SERVER_UI_ENABLED": "false",
     }
+    if not scheduler:
+        env["PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED"] = "false"
+    return env
 
 
 def stop(process: subprocess.Popen) -> None:

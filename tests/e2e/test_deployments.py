@@ -9,11 +9,8 @@ commands of docs/operations.md that need a server are run here as the guide writ
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,39 +24,10 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from deployments.setup import ensure_automation, ensure_work_pool
 from tasks.store import ArtifactStore, RunStore
 from tests.e2e.helpers import git, make_target, write_request
+from tests.e2e.servers import PREFECT, clean_env, free_port, stop
 
 ROOT = Path(__file__).resolve().parents[2]
-PREFECT = str(Path(sys.executable).with_name("prefect"))
 UUID = re.compile(r"UUID: ([0-9a-f-]{36})")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def clean_env(tmp_path: Path, api_url: str) -> dict[str, str]:
-    """This process's environment without its Prefect or Flotilla settings, plus the server's."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FLOTILLA_"))}
-    return {
-        **env,
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": api_url,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_UI_ENABLED": "false",
-    }
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop a process started in its own session, and everything it started."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +36,7 @@ def server(tmp_path_factory) -> Iterator[tuple[str, dict[str, str], Path]]:
     tmp_path = tmp_path_factory.mktemp("prefect-server")
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
-    env = clean_env(tmp_path, api_url)
+    env = clean_env(tmp_path, api_url, scheduler=True)
     log = tmp_path / "server.log"
     with log.open("w") as out:
         process = subprocess.Popen(
@@ -294,7 +262,9 @@ def test_the_nightly_schedule_pauses_and_resumes_as_the_guide_says(server, deplo
 def test_make_server_serves_a_ui_that_calls_its_own_port(tmp_path):
     port = free_port()
     env = {
-        **clean_env(tmp_path, "http://127.0.0.1:4200/api"),  # a shell set up for another server
+        **clean_env(
+            tmp_path, "http://127.0.0.1:4200/api", scheduler=True
+        ),  # a shell set up for another server
         "PREFECT_SERVER_UI_ENABLED": "true",
         "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
     }

@@ -131,7 +131,9 @@ def test_opens_a_draft_pr_then_updates_it_on_the_next_run(
     assert "1. `models`" in body and "2. `api`" in body
     assert "Wrote units/models.txt." in body and "Wrote units/api.txt." in body
     assert "**Tests:** passed (" in body and "**Feature test gate:** passed (" in body
-    assert "[summary.md](" in body and "units/api/summary.md)" in body
+    # a store path means nothing to a reader on GitHub: names, and the command that fetches them
+    assert "`summary.md`" in body and "`flotilla artifacts gh-1 api --store " in body
+    assert "file://" not in body
     (labels,) = [r for r in github.requests if r.path.endswith("/issues/1/labels")]
     assert labels.body == {"labels": ["flotilla", "needs-review"]}
     # the branches went to the remote, the base branch was not written
