@@ -19,8 +19,9 @@ $(VENV)/.dev: $(BIN)/flotilla
 demo: $(VENV)/.dev
 	$(BIN)/python -m examples.demo
 
+# Three test processes, a file each at a time: most e2e tests wait on servers and agents, not CPU.
 test: $(VENV)/.dev
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff format --check .
