@@ -9,10 +9,18 @@ import pytest
 
 
 @pytest.fixture(scope="session", autouse=True)
-def prefect_harness() -> Iterator[None]:
+def prefect_harness(tmp_path_factory) -> Iterator[None]:
+    """The session's own PREFECT_HOME too (for this process and every `flotilla` it starts):
+    Flotilla keeps its slot holders there, and nothing may land in the user's ~/.prefect."""
+    home = tmp_path_factory.mktemp("prefect-home")
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ["PREFECT_HOME"] = str(home)
     from prefect import flow
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.settings import (
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_HOME,
+        temporary_settings,
+    )
     from prefect.testing.utilities import prefect_test_harness
 
     @flow(name="warm-up")
@@ -20,7 +28,7 @@ def prefect_harness() -> Iterator[None]:
         return 1
 
     with (
-        temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+        temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, PREFECT_HOME: home}),
         prefect_test_harness(server_startup_timeout=120),
     ):
         # The first flow run sets up Prefect's console logging; doing it here binds it to the
