@@ -24,7 +24,7 @@ from statistics import mean
 import yaml
 
 DEFAULT_WORKFLOW = Path(__file__).resolve().parents[1] / "flotilla" / "default_workflow.yaml"
-STEPS = ("worktree", "inputs", "agent", "tests", "commit", "outputs")  # `<unit> · <step>`
+STEPS = ("agent", "tests")  # the steps with task runs of their own: `<unit> · agent #1`
 
 
 @contextmanager
@@ -128,7 +128,10 @@ def run_implement(ctx, max_concurrent: int, profile: bool = False, limits: bool 
             "child_processes": cpu_after[1] - cpu_before[1],
             "prefect_server": server_after - server_before,
         },
-        "steps_ms": _step_times(state.state_details.flow_run_id, len(units) - len(failed)),
+        "steps_ms": {
+            **_step_times(state.state_details.flow_run_id, len(units) - len(failed)),
+            **_plumbing_times(list(result.records.values())),
+        },
     }
     if profile:
         out["profile_workers"] = _summarise(profiles)
@@ -220,6 +223,16 @@ def _step_times(flow_run_id, units: int) -> dict[str, float]:
     times["unit_outside_steps"] = times.get("unit", 0.0) - in_steps
     times["unit_queued"] = 1000 * mean(queued) if queued else 0.0
     return {k: round(v, 1) for k, v in sorted(times.items())}
+
+
+def _plumbing_times(records: list) -> dict[str, float]:
+    """Mean milliseconds per unit of the steps that run inside the unit's task (the ledger's
+    `steps_s`), for the units that ran them."""
+    spans: dict[str, list[float]] = {}
+    for record in records:
+        for step, seconds in record.steps_s.items():
+            spans.setdefault(step, []).append(seconds)
+    return {step: round(1000 * mean(v), 1) for step, v in sorted(spans.items())}
 
 
 def _task_runs(flow_run_id) -> list:

@@ -178,6 +178,11 @@ class UnitRecord(BaseModel):
     )
     winner: int | None = None
     pick_note: str = ""  # "candidate 2 of 3 won: tests passed, 40 lines; 1 and 3 failed tests"
+    steps_s: dict[str, float] = Field(
+        default_factory=dict,
+        description="Seconds in each plumbing step (worktree, inputs, commit, outputs), all "
+        "attempts together; agent calls and tests are task runs of their own",
+    )
 
     @property
     def total_usage(self) -> Usage:

@@ -33,6 +33,7 @@ from tasks.slots import RunSlots, run_slots
 from tasks.spending import budget_pause_message, clear_stop, request_stop, run_budget_spent
 from tasks.stage_inputs import RunRef, handed, planned_units
 from tasks.stats import typical_durations
+from tasks.tag_limits import only_limited_tags
 from tasks.units import UnitJob, run_store_for, workspace_for
 
 
@@ -63,6 +64,7 @@ def implement(
     the feature flow or the saved plan. `rerun` names units to run again even if an earlier run
     of this key finished them."""
     ctx = run.ctx
+    only_limited_tags()  # unit task runs' tags have no limits: no slot round trips for them
     units = handed(ctx.run_key, "units", lambda: planned_units(ctx))
     loop = UnitLoop(ctx, units, base_commit, set(rerun or ()), get_run_logger())
     loop.report = start_run_report(ctx, loop.plan)
@@ -70,6 +72,7 @@ def implement(
         while True:
             loop.block_dependents()
             reused = 0 if loop.pausing() else loop.submit_ready()
+            loop.slots.release_parked()  # finished units' slots that no ready unit took over
             if not loop.running:
                 if reused:
                     continue  # reused units made more units ready
@@ -300,7 +303,7 @@ class UnitLoop:
         unit_id, _future = self.running.pop(raw)
         if self.slots is not None:
             for key in self.slot_keys(unit_id):
-                self.slots.release(key)
+                self.slots.park(key)  # the next unit of its class may take it over
         record = self.runs.read_record(unit_id)  # the ledger is the source of truth
         if record is None or not record.status.is_final:
             state = raw.result() if raw.exception() is None else None

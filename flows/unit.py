@@ -36,6 +36,7 @@ from tasks.launching import UnitLaunch, launch_key
 from tasks.naming import label_flow_run, run_tags, stage_run_name, unit_tag, unit_task_name
 from tasks.stage_inputs import RunRef
 from tasks.store import ArtifactStore, RunStore
+from tasks.tag_limits import only_limited_tags
 from tasks.units import UnitJob, run_store_for, run_unit, workspace_for
 
 
@@ -48,6 +49,7 @@ def unit(
     workdir: str | None = None,
 ) -> UnitRecord:
     """Run `unit_id` of run `run_key`; its dependencies must have succeeded already."""
+    only_limited_tags()  # no slot round trip for the unit's tags, which have no limits
     job = unit_job(run_key, unit_id, store=store, base_commit=base_commit, workdir=workdir)
     logger = get_run_logger()
     workspace = workspace_for(job.ctx)

@@ -104,6 +104,11 @@ class CandidateRunner(UnitRunner):
             setattr(self.record, name, value)
         self.parent.candidate_changed(self.result())
 
+    def note(self, **changes) -> None:
+        """The candidate's own record only: the unit's row shows the candidates' counts."""
+        for name, value in changes.items():
+            setattr(self.record, name, value)
+
     def result(self, outcome: CandidateOutcome = CandidateOutcome.RUNNING) -> CandidateResult:
         rec = self.record
         return CandidateResult(

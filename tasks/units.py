@@ -1,8 +1,11 @@
 """The work loop of one unit: worktree, inputs, agent ⇄ tests, commit, outputs.
 
 `run_unit` is the Prefect task the implement stage submits once per unit (a unit with
-`best_of: N` runs its candidates inside it: tasks/candidates.py). Each step is a nested
-task, so the UI shows where every agent is. Attempts, backoff and rate-limit waits happen here,
+`best_of: N` runs its candidates inside it: tasks/candidates.py). Each agent call and each test
+run is a nested task (`<unit> · agent #2`, `<unit> · tests`), so the UI shows where every agent
+is; the quick plumbing around them (worktree, inputs, commit, outputs) runs inside the unit's
+task, timed in the ledger (`steps_s`), because a task run costs the Prefect server more than the
+step itself. Attempts, backoff and rate-limit waits happen here,
 because a rate limit must cost no attempt and Prefect's own retries cannot tell the difference.
 """
 
@@ -11,7 +14,8 @@ from __future__ import annotations
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import tags, task
@@ -166,9 +170,16 @@ class UnitRunner:
         )
 
     def save(self, **changes) -> None:
+        """Change the record and write it to the ledger: for what a crash must not lose."""
         for name, value in changes.items():
             setattr(self.record, name, value)
         self.runs.write_record(self.record)
+        note_unit(self.ctx.run_key, self.record)
+
+    def note(self, **changes) -> None:
+        """Change the record for the live table only; the next `save` writes it too."""
+        for name, value in changes.items():
+            setattr(self.record, name, value)
         note_unit(self.ctx.run_key, self.record)
 
     def run(self) -> UnitRecord:
@@ -182,7 +193,7 @@ class UnitRunner:
                 delay *= 1 + random.uniform(-policy.jitter, policy.jitter)
                 self.save(step=f"waiting {delay:.0f}s before attempt {attempt}")
                 time.sleep(max(delay, 0.0))
-            self.save(attempts=attempt, error="", failure_class=None)
+            self.note(attempts=attempt, error="", failure_class=None)  # saved with its usage
             try:
                 self.attempt(attempt)
             except AttemptFailed as failed:
@@ -233,12 +244,8 @@ class UnitRunner:
             self.record.log_path = self.runs.store.uri(self.runs.log_key(self.store_id, attempt))
 
     def _attempt(self, attempt: int, local: Path, log_file: Path) -> None:
-        worktree = step_worktree.with_options(name="worktree", task_run_name=self.step("worktree"))(
-            self
-        )
-        step_inputs.with_options(name="inputs", task_run_name=self.step("inputs"))(
-            self, local / "inputs"
-        )
+        worktree = self.make_worktree()
+        self.fetch_inputs(local / "inputs")
         prompt_file = local / "prompt.md"
         prompt_file.write_text(self.prompt_text())
         invocation = AgentInvocation(
@@ -263,7 +270,7 @@ class UnitRunner:
         )
         tests: TestReport | None = None
         for iteration in range(1, self.job.settings.max_iterations + 1):
-            self.save(iterations=iteration)
+            self.note(iterations=iteration)
             try:
                 self.check_budget(attempt, iteration)
             except AttemptFailed as over:
@@ -286,10 +293,11 @@ class UnitRunner:
                 )(self, invocation)
             except AttemptFailed as failed:
                 raise self.stopped_by_budget(worktree, failed) from None
-            tests = step_tests.with_options(name="tests", task_run_name=self.step("tests"))(
-                self, worktree, log_file
-            )
-            self.save(tests=tests)
+            if self.job.settings.test:
+                tests = step_tests.with_options(name="tests", task_run_name=self.step("tests"))(
+                    self, worktree, log_file
+                )
+                self.save(tests=tests)
             if tests is None or tests.ok:
                 break
             with prompt_file.open("a") as prompt:
@@ -299,14 +307,73 @@ class UnitRunner:
                 FailureClass.TESTS_FAILED,
                 f"tests failed after {self.record.iterations} iteration(s): {tests.one_line()}",
             )
-        step_commit.with_options(name="commit", task_run_name=self.step("commit"))(
-            self, worktree, local / "summary.md"
-        )
-        step_outputs.with_options(name="outputs", task_run_name=self.step("outputs"))(
-            self, local / "outputs"
-        )
+        self.commit(worktree, local / "summary.md")
+        self.publish_outputs(local / "outputs")
         self.keep_proposals(local / "new-units.json")
         self.workspace.remove_worktree(worktree)
+
+    # -- the plumbing steps: quick, inside the unit's task run, timed in the ledger ----------
+
+    @contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        """Run one step: the live table shows it; its seconds add up in `record.steps_s`."""
+        self.note(step=step)
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            spent = dict(self.record.steps_s)
+            spent[step] = round(spent.get(step, 0.0) + time.monotonic() - started, 3)
+            self.record.steps_s = spent
+
+    def make_worktree(self) -> Path:
+        with self.timed("worktree"):
+            start = self.workspace.start_commit(
+                self.job.base_commit, self.job.dep_branches, f"Start of unit {self.unit.id}"
+            )
+            self.note(start_commit=start)
+            return self.workspace.create_worktree(self.record.branch, start)
+
+    def fetch_inputs(self, inputs_dir: Path) -> None:
+        if not self.unit.inputs:
+            return
+        with self.timed("inputs"):
+            for ref in self.unit.inputs:
+                producer, name = ref.split("/", 1)
+                key = self.runs.output_key(producer, name)
+                if not self.runs.store.exists(key):
+                    raise AttemptFailed(
+                        FailureClass.ERROR,
+                        f"input {ref!r} is missing from the store ({self.runs.store.uri(key)}); "
+                        f"unit {producer!r} did not publish it",
+                    )
+                self.runs.store.download_file(key, inputs_dir / producer / name)
+
+    def commit(self, worktree: Path, summary_file: Path) -> str:
+        with self.timed("commit"):
+            summary = summary_file.read_text().strip() if summary_file.exists() else ""
+            summary = redact(summary)  # it goes into a commit message, the ledger and the PR
+            message = f"{self.unit.display_title}\n\n{summary}\n\nFlotilla-Unit: {self.unit.id}\n"
+            sha = self.workspace.commit_all(worktree, message)
+            files = self.workspace.changed_files(self.record.start_commit, sha)
+            self.runs.store.write_text(self.runs.summary_key(self.store_id), summary + "\n")
+            self.note(commit=sha, files_changed=files, summary=summary)
+            if self.candidate is None:  # a best-of unit publishes its winner's diff
+                publish_unit_diff(self.ctx, self.record, self.workspace)
+            return sha
+
+    def publish_outputs(self, outputs_dir: Path) -> None:
+        with self.timed("outputs"):
+            missing = [n for n in self.unit.outputs if not (outputs_dir / n).is_file()]
+            if missing:
+                raise AttemptFailed(
+                    FailureClass.AGENT_FAILED,
+                    f"agent did not write its declared output(s) {', '.join(missing)} to "
+                    "$FLOTILLA_OUTPUTS_DIR",
+                )
+            if self.unit.outputs or any(outputs_dir.iterdir()):
+                self.runs.store.upload_dir(self.runs.outputs_prefix(self.store_id), outputs_dir)
+            self.note(outputs=sorted(p.name for p in outputs_dir.iterdir() if p.is_file()))
 
     def step(self, name: str) -> str:
         """A step's task run name: `<unit> · <step>`, so the UI groups a unit's steps."""
@@ -354,32 +421,6 @@ def feedback(iteration: int, tests: TestReport) -> str:
 
 
 @task(persist_result=False, cache_policy=NO_CACHE)
-def step_worktree(runner: UnitRunner) -> Path:
-    runner.save(step="worktree")
-    ws = runner.workspace
-    start = ws.start_commit(
-        runner.job.base_commit, runner.job.dep_branches, f"Start of unit {runner.unit.id}"
-    )
-    runner.save(start_commit=start)
-    return ws.create_worktree(runner.record.branch, start)
-
-
-@task(persist_result=False, cache_policy=NO_CACHE)
-def step_inputs(runner: UnitRunner, inputs_dir: Path) -> None:
-    runner.save(step="inputs")
-    for ref in runner.unit.inputs:
-        producer, name = ref.split("/", 1)
-        key = runner.runs.output_key(producer, name)
-        if not runner.runs.store.exists(key):
-            raise AttemptFailed(
-                FailureClass.ERROR,
-                f"input {ref!r} is missing from the store ({runner.runs.store.uri(key)}); "
-                f"unit {producer!r} did not publish it",
-            )
-        runner.runs.store.download_file(key, inputs_dir / producer / name)
-
-
-@task(persist_result=False, cache_policy=NO_CACHE)
 def step_agent(runner: UnitRunner, invocation: AgentInvocation) -> AgentOutcome:
     runner.save(step=f"agent (iteration {invocation.iteration})")
 
@@ -413,35 +454,3 @@ def step_tests(runner: UnitRunner, worktree: Path, log_file: Path) -> TestReport
     )
     runner.runs.store.write_json(runner.runs.unit_tests_key(runner.store_id), report)
     return report
-
-
-@task(persist_result=False, cache_policy=NO_CACHE)
-def step_commit(runner: UnitRunner, worktree: Path, summary_file: Path) -> str:
-    runner.save(step="commit")
-    summary = summary_file.read_text().strip() if summary_file.exists() else ""
-    summary = redact(summary)  # it goes into a commit message, the ledger and the PR
-    message = f"{runner.unit.display_title}\n\n{summary}\n\nFlotilla-Unit: {runner.unit.id}\n"
-    sha = runner.workspace.commit_all(worktree, message)
-    files = runner.workspace.changed_files(runner.record.start_commit, sha)
-    runner.runs.store.write_text(runner.runs.summary_key(runner.store_id), summary + "\n")
-    runner.save(commit=sha, files_changed=files, summary=summary)
-    if runner.candidate is None:  # a best-of unit publishes its winner's diff
-        publish_unit_diff(runner.ctx, runner.record, runner.workspace)
-    return sha
-
-
-@task(persist_result=False, cache_policy=NO_CACHE)
-def step_outputs(runner: UnitRunner, outputs_dir: Path) -> list[str]:
-    runner.save(step="outputs")
-    missing = [n for n in runner.unit.outputs if not (outputs_dir / n).is_file()]
-    if missing:
-        raise AttemptFailed(
-            FailureClass.AGENT_FAILED,
-            f"agent did not write its declared output(s) {', '.join(missing)} to "
-            "$FLOTILLA_OUTPUTS_DIR",
-        )
-    published = runner.runs.store.upload_dir(
-        runner.runs.outputs_prefix(runner.store_id), outputs_dir
-    )
-    runner.save(outputs=sorted(p.name for p in outputs_dir.iterdir() if p.is_file()))
-    return published

@@ -177,14 +177,18 @@ class Workspace:
 
     def changed_files(self, since: str, until: str) -> list[str]:
         """Paths that differ between two commits (a rename counts as both paths)."""
+        if since == until:
+            return []
         out = self._git("diff", "--name-only", "--no-renames", "-z", since, until).stdout
         return sorted(p for p in out.split("\0") if p)
 
     def diff(self, since: str, until: str) -> tuple[str, str]:
         """What changed between two commits, for a reader: `git diff --stat` and the patch."""
-        stat = self._git("diff", "--stat", since, until).stdout
-        patch = self._git("diff", "--no-color", since, until).stdout
-        return stat, patch
+        if since == until:
+            return "", ""
+        both = self._git("diff", "--no-color", "--stat", "--patch", since, until).stdout
+        at = both.find("\ndiff --git ")
+        return (both, "") if at < 0 else (both[: at + 1], both[at + 1 :])
 
     # -- worktrees -------------------------------------------------------------------------
 
@@ -194,16 +198,16 @@ class Workspace:
         self._refuse_base([unit_branch], "check out")
         path = self.worktrees_dir / unit_branch.rsplit("/", 1)[-1]
         self.worktrees_dir.mkdir(parents=True, exist_ok=True)
+        add = ("worktree", "add", "--quiet", "-B", unit_branch, str(path), start)
         with repo_lock(self.clone_dir):
-            self._remove_locked(path)
+            if path.exists():
+                self._remove_locked(path)
+            elif self._git(*add, ok_codes=(0, 128)).returncode == 0:
+                return path
+            else:  # a worktree deleted by hand is still registered: forget it, then try again
+                self._git("worktree", "prune")
             self._git(
-                "worktree",
-                "add",
-                "--quiet",
-                "-B",
-                unit_branch,
-                str(path),
-                start,
+                *add,
                 hint=f"Could not create a worktree for {unit_branch!r} at {path}. If another "
                 "worktree has that branch checked out, remove it first.",
             )
@@ -234,8 +238,9 @@ class Workspace:
                 str(path),
                 ok_codes=(0, 128),
             )
-            if done.returncode != 0:
-                shutil.rmtree(path, ignore_errors=True)
+            if done.returncode == 0:
+                return
+            shutil.rmtree(path, ignore_errors=True)
         self._git("worktree", "prune")
 
     def commit_all(self, worktree: Path, message: str) -> str:

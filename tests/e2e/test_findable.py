@@ -30,11 +30,13 @@ from prefect.concurrency.services import (
 )
 
 from flotilla.cli import main
+from tasks.store import ArtifactStore, RunStore
 from tests.e2e.helpers import make_target
 
 # Appends a round to <unit>.txt each time it runs; the tokenizer's tests want two rounds.
 AGENT = """
 import os, pathlib
+from tasks.store import ArtifactStore, RunStore
 unit = os.environ["FLOTILLA_UNIT_ID"]
 path = pathlib.Path(unit + ".txt")
 path.write_text((path.read_text() if path.exists() else "") + "round\\n")
@@ -117,7 +119,8 @@ def test_runs_are_named_and_tagged_and_each_unit_shows_its_diff(tmp_path, capsys
 
     # Task runs: all tagged with the run; in the implement stage, named and tagged by unit.
     implement = flow_runs[f"{key} · implement"]
-    unit_steps = ["unit", "worktree", "inputs", "agent #1", "tests", "commit", "outputs"]
+    # agent calls and test runs are task runs of their own; the plumbing is timed in the ledger
+    unit_steps = ["unit", "agent #1", "tests"]
     expected = len(unit_steps) * 2 + 2  # tokenizer's agent and tests ran twice
     task_runs = task_runs_tagged(f"run:{key}", expected)
     for task_run in task_runs:
@@ -132,6 +135,9 @@ def test_runs_are_named_and_tagged_and_each_unit_shows_its_diff(tmp_path, capsys
     assert sorted(names["counts"]) == sorted(unit_steps)
     assert sorted(names["tokenizer"]) == sorted([*unit_steps, "agent #2", "tests"])
     assert {r.name for r in task_runs_tagged("unit:tokenizer", 0)} >= {"tokenizer · agent #2"}
+    ledger = RunStore(ArtifactStore(str(store)), key).read_ledger()
+    for unit in ("tokenizer", "counts"):  # the plumbing steps, timed in the unit's record
+        assert {"worktree", "commit", "outputs"} <= set(ledger[unit].steps_s), unit
 
     # Each unit's diff: --stat and the patch.
     diff = latest_artifact(f"{feature}-unit-tokenizer-diff")
