@@ -84,8 +84,10 @@ def implement(
             for raw in done:
                 loop.finish(raw)
             loop.slots.keep_alive(loop.running_classes())
-            publish_unit_table(ctx.feature_id, loop.table(), ctx.run_key)
+            loop.report.merge(loop.take_verdicts())
+            loop.checkpoint_if_due()
     loop.launcher.close()  # unit flow runs still in flight (on a pool) go on without us
+    loop.checkpoint_if_due(final=True)
     publish_unit_table(ctx.feature_id, loop.table(), ctx.run_key)
     result = loop.result()
     if result.all_succeeded or result.paused:
@@ -123,6 +125,9 @@ class UnitLoop:
         self._replan()
         self.status: dict[str, UnitStatus] = {u: UnitStatus.PENDING for u in self.plan.units}
         self.records: dict[str, UnitRecord] = {}
+        self.verdicts: list[UnitRecord] = []  # new since the live table last took them
+        self.unsaved: list[str] = []  # verdicts since the last checkpoint
+        self.checkpointed_at = time.monotonic()
         self.ledger = self.runs.read_ledger()
         self.running: dict[cf.Future, tuple[str, cf.Future]] = {}
         self.launcher = launcher_for(ctx, self.runs, self.workspace, logger)
@@ -196,6 +201,7 @@ class UnitLoop:
                 usage=earlier.usage if (earlier := self.ledger.get(unit_id)) else [],
             )
             self.runs.write_record(self.records[unit_id])
+            self.verdicts.append(self.records[unit_id])
 
     def submit_ready(self) -> int:
         """Start ready units, most urgent first, up to the stage's limit; return how many
@@ -218,6 +224,7 @@ class UnitLoop:
             if (previous := self.reusable(job)) is not None:
                 self.logger.info("Unit %s already succeeded in this run; reusing it.", unit_id)
                 self.records[unit_id], self.status[unit_id] = previous, UnitStatus.SUCCEEDED
+                self.verdicts.append(previous)
                 self.take_proposals(unit_id)
                 reused += 1
                 continue
@@ -313,6 +320,7 @@ class UnitLoop:
             record = _crashed_record(self.ctx, unit_id, record, message)
             self.runs.write_record(record)
         self.records[unit_id], self.status[unit_id] = record, record.status
+        self.verdicts.append(record)
         self.logger.info("Unit %s %s.", unit_id, record.status.value)
         self.budget_spent()  # its spend may have used up the run's budget
         if record.status == UnitStatus.SUCCEEDED:
@@ -376,8 +384,32 @@ class UnitLoop:
         )
 
     def checkpoint(self, reason: str) -> None:
+        """A checkpoint after each unit; while other units still run, the verdicts of up to
+        CHECKPOINT_EVERY_S seconds share one (a checkpoint holds every unit: one per verdict
+        would cost a 1,000-unit run a million records)."""
+        self.unsaved.append(reason)
+        if not self.running:
+            self.checkpoint_if_due(final=True)
+
+    def checkpoint_if_due(self, final: bool = False) -> None:
+        if not self.unsaved:
+            return
+        if not final and time.monotonic() - self.checkpointed_at < CHECKPOINT_EVERY_S:
+            return
+        reasons, self.unsaved = self.unsaved, []
+        reason = (
+            reasons[0]
+            if len(reasons) == 1
+            else f"{len(reasons)} units: " + ", ".join(r.removeprefix("unit ") for r in reasons)
+        )
         checkpoint = self.checkpoints.write(reason, list(self.plan.units), self.records, self.added)
+        self.checkpointed_at = time.monotonic()
         self.logger.debug("Checkpoint %d: %s", checkpoint.number, reason)
+
+    def take_verdicts(self) -> list[UnitRecord]:
+        """The verdicts since the last call, for the live table."""
+        taken, self.verdicts = self.verdicts, []
+        return taken
 
     # -- the outcome -----------------------------------------------------------------------
 
@@ -411,6 +443,7 @@ class UnitLoop:
 
 
 REQUEUES = 3
+CHECKPOINT_EVERY_S = 5.0
 _API_TROUBLE = (
     "Unable to acquire concurrency slots",
     "Service Unavailable",

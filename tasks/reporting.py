@@ -72,7 +72,7 @@ class RunReport:
 
     Unit threads report step changes (`note`), which only records them: a unit never waits for
     the Prefect API. The implement loop merges finished records and sends the changes on every
-    tick (`merge`), to the same two artifacts, in place, at most once per TICK_S.
+    tick (`merge`), to the same two artifacts, in place, at most once per `interval()`.
     """
 
     def __init__(self, ctx: RunContext, plan: Plan, typical: dict[str, float]):
@@ -108,16 +108,13 @@ class RunReport:
             self._take(record)
 
     def merge(self, records: list[UnitRecord]) -> None:
-        """The implement loop's view: final records win; a unit that newly finished is shown now."""
-        finished = False
+        """The implement loop's view: final records win over what unit threads noted. The loop
+        passes the verdicts that are new since its last tick, so a tick costs what changed."""
         with self._lock:
             for record in records:
-                known = self.records.get(record.unit_id)
-                if record.status.is_final and (known is None or not known.status.is_final):
-                    finished = True
-                if record.status.is_final or known is None:
+                if record.status.is_final or record.unit_id not in self.records:
                     self._take(record)
-        self.flush(force=finished)
+        self.flush()
 
     def _take(self, record: UnitRecord) -> None:
         known = self.records.get(record.unit_id)
@@ -135,7 +132,7 @@ class RunReport:
                 running = any(r.status == UnitStatus.RUNNING for r in self.records.values())
                 due = (
                     force
-                    or (self._dirty and now - self._last >= TICK_S)
+                    or (self._dirty and now - self._last >= self.interval())
                     or (running and now - self._last >= HEARTBEAT_S)
                 )
                 if not due:
@@ -143,6 +140,12 @@ class RunReport:
                 self._dirty, self._last = False, now
                 progress, description, rows = self._render()
             self._send(progress, description, rows)
+
+    def interval(self) -> float:
+        """Seconds between two sends of the table: TICK_S, and longer for a long table (a
+        second per 100 rows), so that a run of 1,000 units does not resend its table with every
+        unit that finishes."""
+        return TICK_S * max(1.0, len(self.plan.units) / 100)
 
     def _render(self) -> tuple[float, str, list[dict[str, str]]]:
         eta = self.eta()
