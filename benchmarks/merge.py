@@ -28,7 +28,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tasks.merging import UnitBranch, git_env, identity_env, integrate, run_git, tree_of
+from tasks.git import git_env, identity_env, run_git, tree_of
+from tasks.merging import UnitBranch, integrate
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "merge.json"

@@ -21,7 +21,7 @@ from flotilla.growth import AddedUnits
 from flotilla.results import RunState, RunSummary, UnitRecord, UnitStatus, utcnow
 from flotilla.runs import RunContext
 from tasks.control import save_added
-from tasks.merging import git_out, run_git
+from tasks.git import git_out, run_git
 from tasks.store import RunStore
 from tasks.workspace import Workspace
 

@@ -20,7 +20,7 @@ from flotilla.plan import Plan
 from flotilla.runs import RunContext
 from flotilla.spec import AgentSpec, FeatureRequest, UnitSpec
 from tasks.agents import AgentGaveUp, AgentInvocation, run_agent_until_done
-from tasks.merging import git_out
+from tasks.git import git_out
 from tasks.spending import add_other_usage
 from tasks.store import ArtifactStore, RunStore
 from tasks.workspace import Workspace

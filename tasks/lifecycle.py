@@ -17,7 +17,7 @@ from flotilla.results import FeatureResult, RunState, RunSummary, UnitStatus, ut
 from flotilla.runs import RunContext
 from flotilla.spec import UnitSpec
 from tasks.control import clear_pause
-from tasks.merging import rev
+from tasks.git import rev
 from tasks.recovery import recover, restore_unit_branches
 from tasks.store import ArtifactStore, RunStore
 from tasks.workspace import Workspace

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 from flotilla.errors import TargetError
-from tasks.merging import git_env
+from tasks.git import git_env
 
 LS_REMOTE_TIMEOUT_S = 120.0
 _SHA = re.compile(r"^[0-9a-f]{7,64}$")

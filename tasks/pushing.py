@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from flotilla.errors import ForeignCommits, GitError
 from flotilla.results import utcnow
-from tasks.merging import git_out, is_ancestor, repo_lock, run_git, tree_of
+from tasks.git import git_out, is_ancestor, repo_lock, run_git, tree_of
 from tasks.store import RunStore
 from tasks.workspace import NETWORK_TIMEOUT_S, Workspace
 

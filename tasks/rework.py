@@ -26,7 +26,8 @@ from flotilla.runs import RunContext
 from flotilla.spec import UnitSpec
 from tasks.agents import AgentGaveUp, AgentInvocation, run_agent_until_done
 from tasks.checks import run_tests, test_env
-from tasks.merging import ConflictInfo, commit_tree, run_git, tree_of
+from tasks.git import commit_tree, run_git, tree_of
+from tasks.merging import ConflictInfo
 from tasks.store import RunStore
 from tasks.units import feedback, run_store_for, unit_prompt, workspace_for
 from tasks.workspace import Workspace

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from flotilla.errors import GitError
-from tasks.merging import (
+from tasks.git import (
     commit_tree,
     git_out,
     identity_env,

@@ -172,8 +172,8 @@ def test_plan_estimates_from_history_and_max_usd_refuses_to_start(tmp_path, caps
 
 
 def test_a_hard_run_budget_stops_units_in_flight_and_keeps_their_partial_work(tmp_path, capsys):
+    from tasks.git import run_git
     from tasks.lifecycle import load_context
-    from tasks.merging import run_git
     from tasks.units import workspace_for
 
     target = make_target(tmp_path / "target")

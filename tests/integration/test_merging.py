@@ -7,14 +7,8 @@ from pathlib import Path
 import pytest
 
 from flotilla.errors import GitError
-from tasks.merging import (
-    UnitBranch,
-    cherry_pick_tree,
-    identity_env,
-    integrate,
-    merge_trees,
-    touching_units,
-)
+from tasks.git import cherry_pick_tree, identity_env, merge_trees
+from tasks.merging import UnitBranch, integrate, touching_units
 from tests.integration.gitrepos import (
     commit_on,
     git,
