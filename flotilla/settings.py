@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -81,4 +83,15 @@ class FlotillaSettings(BaseSettings):
 
 
 def get_settings() -> FlotillaSettings:
-    return FlotillaSettings()
+    """The settings as the environment has them now; built again only when a FLOTILLA_*
+    variable changed (the store asks on every call)."""
+    seen = tuple(sorted((k, v) for k, v in os.environ.items() if k.upper().startswith(_READ)))
+    cached = _cache.get(seen)
+    if cached is None:
+        _cache.clear()
+        cached = _cache[seen] = FlotillaSettings()
+    return cached
+
+
+_READ = ("FLOTILLA_", "GITHUB_TOKEN")  # every variable a field reads starts with one of these
+_cache: dict[tuple[tuple[str, str], ...], FlotillaSettings] = {}

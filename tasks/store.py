@@ -411,10 +411,13 @@ class ArtifactStore:
 
 def _replace_with(target: Path, write: Any) -> None:
     """Have `write(tmp)` fill a temp file next to `target`, then os.replace it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f"{_TMP_MARK}{uuid.uuid4().hex}-{target.name}")
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except FileNotFoundError:  # the first write into this directory
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write(tmp)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
