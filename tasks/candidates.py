@@ -56,7 +56,6 @@ from tasks.control import proposals_key
 from tasks.processes import run_process
 from tasks.reporting import note_unit
 from tasks.spending import add_other_usage
-from tasks.unit_diff import publish_unit_diff
 from tasks.units import (
     AttemptFailed,
     UnitFailed,
@@ -492,5 +491,4 @@ class BestOfRunner:
             outputs=sorted(
                 k.rsplit("/", 1)[-1] for k in store.list(runs.outputs_prefix(self.unit.id))
             ),
-        )
-        publish_unit_diff(self.ctx, self.record, self.workspace)
+        )  # run_unit's report shows the winner's diff

@@ -264,20 +264,23 @@ def with_cost(cells: dict[str, str], record: UnitRecord | None) -> dict[str, str
     return cells
 
 
-def publish_unit_report(ctx: RunContext, unit: UnitSpec, record: UnitRecord) -> None:
-    """The unit's markdown report and links to its outputs; call it when the unit ends."""
+def publish_unit_report(
+    ctx: RunContext, unit: UnitSpec, record: UnitRecord, diff: str = ""
+) -> None:
+    """The unit's markdown report, its diff (tasks/unit_diff.py) and links to its outputs; call
+    it when the unit ends."""
     note_unit(ctx.run_key, record)
     try:
         create_markdown_artifact(
             key=artifact_key(ctx.feature_id, f"unit-{unit.id}"),
-            markdown=unit_markdown(ctx, unit, record),
+            markdown=unit_markdown(ctx, unit, record, diff),
             description=f"Unit {unit.id} of run {ctx.run_key}: {record.status.value}",
         )
     except Exception as exc:  # never turn a finished unit into a failed one
         log.warning("Could not publish the report of unit %s: %s", unit.id, exc)
 
 
-def unit_markdown(ctx: RunContext, unit: UnitSpec, record: UnitRecord) -> str:
+def unit_markdown(ctx: RunContext, unit: UnitSpec, record: UnitRecord, diff: str = "") -> str:
     lines = [
         f"# Unit `{unit.id}`: {unit.display_title}",
         "",
@@ -305,6 +308,8 @@ def unit_markdown(ctx: RunContext, unit: UnitSpec, record: UnitRecord) -> str:
         lines += [f"- failing: `{t}`" for t in tests.failing_tests[:20]]
     lines += ["", f"## Files changed ({len(record.files_changed)})", ""]
     lines += [f"- `{f}`" for f in record.files_changed] or ["_None._"]
+    if diff:
+        lines += ["", diff.rstrip()]
     if record.error:
         lines += ["", "## Last error", "", "```", record.error.strip(), "```"]
     return "\n".join([*lines, "", *_unit_files(ctx, unit.id, record)]) + "\n"

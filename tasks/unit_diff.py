@@ -1,8 +1,10 @@
-"""What a unit changed, as a markdown artifact: `git diff --stat` and the patch, readable in the UI.
+"""What a unit changed, as markdown: `git diff --stat` and the patch, readable in the UI.
 
-One artifact per unit, under the stable key `<feature>-unit-<unit>-diff`, so the Artifacts page
-keeps each unit's history across runs. A long patch is cut at a line, with a note saying how
-much is left out and the command that shows all of it. Like every report, it never fails a run.
+It is the "Diff" section of the unit's report artifact (`<feature>-unit-<unit>`, tasks/reporting.py):
+one artifact per unit, so the Artifacts page keeps each unit's history across runs and the
+Prefect server stores one artifact per unit, not two. A long patch is cut at a line, with a note
+saying how much is left out and the command that shows all of it. Like every report, it never
+fails a run.
 """
 
 from __future__ import annotations
@@ -10,31 +12,25 @@ from __future__ import annotations
 import logging
 import re
 
-from prefect.artifacts import create_markdown_artifact
-
 from flotilla.results import UnitRecord
 from flotilla.runs import RunContext
 from tasks.links import branch_markdown
-from tasks.reporting import artifact_key
 from tasks.workspace import Workspace
 
 PATCH_LIMIT = 40_000  # characters of patch shown; the UI renders far more slowly past this
 log = logging.getLogger("flotilla.reporting")
 
 
-def publish_unit_diff(ctx: RunContext, record: UnitRecord, workspace: Workspace) -> None:
-    """The diff of the unit's commit against where it started; call it right after the commit."""
+def unit_diff_markdown(ctx: RunContext, record: UnitRecord, workspace: Workspace) -> str:
+    """The diff of the unit's commit against where it started, or "" when it made none."""
+    if not record.commit or not record.start_commit:
+        return ""
     try:
         stat, patch = workspace.diff(record.start_commit, record.commit)
-        create_markdown_artifact(
-            key=artifact_key(ctx.feature_id, f"unit-{record.unit_id}-diff"),
-            markdown=diff_markdown(
-                record, ctx.run_key, branch_markdown(ctx, record.branch), stat, patch
-            ),
-            description=f"What unit {record.unit_id} of run {ctx.run_key} changed",
-        )
     except Exception as exc:  # the commit is made; a report must not undo it
-        log.warning("Could not publish the diff of unit %s: %s", record.unit_id, exc)
+        log.warning("Could not read the diff of unit %s: %s", record.unit_id, exc)
+        return ""
+    return diff_markdown(record, ctx.run_key, branch_markdown(ctx, record.branch), stat, patch)
 
 
 def diff_markdown(
@@ -43,7 +39,7 @@ def diff_markdown(
     """`branch` is the branch as markdown: a link on GitHub, the name for local runs."""
     since, until = record.start_commit[:12], record.commit[:12]
     lines = [
-        f"# Diff of unit `{record.unit_id}`",
+        "## Diff",
         "",
         f"Branch {branch}: `{since}..{until}` (run `{run_key}`).",
         "",

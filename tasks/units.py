@@ -40,7 +40,7 @@ from tasks.spending import UnitBudget
 from tasks.stage_inputs import RunRef
 from tasks.stats import record_duration, record_usage
 from tasks.store import ArtifactStore, RunStore
-from tasks.unit_diff import publish_unit_diff
+from tasks.unit_diff import unit_diff_markdown
 from tasks.workspace import Workspace, identity_env
 
 TAIL_FOR_PROMPT = 80
@@ -106,7 +106,8 @@ def run_unit(job: UnitJob) -> UnitRecord:
             finally:
                 retire_tag_queues(TagsContext.get().current_tags)  # the steps' tags
     finally:
-        publish_unit_report(job.ctx, job.unit, runner.record)
+        diff = unit_diff_markdown(job.ctx, runner.record, runner.workspace)
+        publish_unit_report(job.ctx, job.unit, runner.record, diff)
 
 
 class UnitRunner:
@@ -358,8 +359,6 @@ class UnitRunner:
             files = self.workspace.changed_files(self.record.start_commit, sha)
             self.runs.store.write_text(self.runs.summary_key(self.store_id), summary + "\n")
             self.note(commit=sha, files_changed=files, summary=summary)
-            if self.candidate is None:  # a best-of unit publishes its winner's diff
-                publish_unit_diff(self.ctx, self.record, self.workspace)
             return sha
 
     def publish_outputs(self, outputs_dir: Path) -> None:

@@ -2,7 +2,7 @@
 
 The feature flow run is named after the run key, its stage subflows `<key> · <stage>`; every
 flow and task run carries `flotilla`, `feature:<id>` and `run:<key>`; a unit's task runs carry
-`unit:<id>` and their names start with the unit id. Each unit has a diff artifact, and the
+`unit:<id>` and their names start with the unit id. Each unit's report shows its diff, and the
 artifacts point at things a reader can open: a `flotilla artifacts` command, not a file:// path.
 """
 
@@ -140,11 +140,11 @@ def test_runs_are_named_and_tagged_and_each_unit_shows_its_diff(tmp_path, capsys
         assert {"worktree", "commit", "outputs"} <= set(ledger[unit].steps_s), unit
 
     # Each unit's diff: --stat and the patch.
-    diff = latest_artifact(f"{feature}-unit-tokenizer-diff")
-    assert "# Diff of unit `tokenizer`" in diff
+    diff = latest_artifact(f"{feature}-unit-tokenizer")  # the unit's report holds its diff
+    assert "## Diff" in diff
     assert "tokenizer.txt | 2 ++" in diff
     assert "+++ b/tokenizer.txt" in diff and "+round\n+round" in diff
-    assert "counts.txt | 1 +" in latest_artifact(f"{feature}-unit-counts-diff")
+    assert "counts.txt | 1 +" in latest_artifact(f"{feature}-unit-counts")
 
     # Links a reader can follow: commands that fetch from the store, no worker-local paths.
     report = latest_artifact(f"{feature}-unit-tokenizer")

@@ -34,7 +34,7 @@ def test_the_diff_shows_the_stat_and_the_whole_patch(tmp_path):
         record, "run-1", "`flotilla/f--tok`", *workspace.diff(record.start_commit, record.commit)
     )
 
-    assert markdown.startswith("# Diff of unit `tok`\n")
+    assert markdown.startswith("## Diff\n")
     assert (
         f"Branch `flotilla/f--tok`: `{record.start_commit[:12]}..{record.commit[:12]}`" in markdown
     )
