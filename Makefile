@@ -60,6 +60,7 @@ worker: $(BIN)/flotilla
 bench: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.makespan
 	$(BIN)/python -m benchmarks.merge
+	$(BIN)/python -m benchmarks.scaleout
 
 clean:
 	rm -rf $(VENV) .flotilla build *.egg-info

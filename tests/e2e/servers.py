@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,40 +14,9 @@ from pathlib import Path
 
 import httpx
 
-PREFECT = str(Path(sys.executable).with_name("prefect"))
+from deployments.local import PREFECT, clean_env, free_port, stop
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def clean_env(tmp_path: Path, api_url: str, scheduler: bool = False) -> dict[str, str]:
-    """This process's environment without its Prefect or Flotilla settings, plus the server's.
-    The scheduler is off unless asked for (no nightly run at 02:00 in the middle of a test)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FLOTILLA_"))}
-    env = {
-        **env,
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": api_url,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_UI_ENABLED": "false",
-    }
-    if not scheduler:
-        env["PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED"] = "false"
-    return env
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop a process started in its own session, and everything it started."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+__all__ = ["PREFECT", "PrefectServer", "clean_env", "free_port", "prefect_server", "stop"]
 
 
 class PrefectServer:

@@ -24,25 +24,24 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployments.setup import load_automation
-from flotilla.cli import main
-from flotilla.results import UnitStatus
-from tasks.launching import ZOMBIE_AUTOMATION
-from tasks.store import ArtifactStore, RunStore
-from tests.e2e.helpers import git, make_target, timeline_of, write_request
-from tests.e2e.pool_helpers import (
+from deployments.local import (
     bare_remote,
     deploy,
     flotilla,
-    kill_machine,
     machine_env,
     postgres_database,
     prefect_server,
     start_worker,
     stop_all,
     unit_flow_runs,
-    wait_until,
 )
+from deployments.setup import load_automation
+from flotilla.cli import main
+from flotilla.results import UnitStatus
+from tasks.launching import ZOMBIE_AUTOMATION
+from tasks.store import ArtifactStore, RunStore
+from tests.e2e.helpers import git, make_target, timeline_of, write_request
+from tests.e2e.pool_helpers import kill_machine, wait_until
 
 DEFAULT_WORKFLOW = Path(__file__).parents[2] / "flotilla" / "default_workflow.yaml"
 RUN_KEY = "pooled"
