@@ -57,10 +57,13 @@ deploy: $(BIN)/flotilla
 worker: $(BIN)/flotilla
 	PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect worker start --pool flotilla
 
+# About 40 minutes on 2 cores; each module writes benchmarks/results/<name>.json and its part of
+# docs/performance.md, and the summary puts their headline numbers side by side.
 bench: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.makespan
 	$(BIN)/python -m benchmarks.merge
 	$(BIN)/python -m benchmarks.scaleout
+	$(BIN)/python -m benchmarks.summary
 
 clean:
 	rm -rf $(VENV) .flotilla build *.egg-info

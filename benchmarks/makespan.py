@@ -7,7 +7,8 @@
 2. End to end: the first DAG through the real implement stage (worktrees, commits, the store,
    Prefect tasks and tag limits) with `sleep` agents.
 3. Fixed cost: independent units with a no-op agent (`true`) through the implement stage at 50,
-   200 and 1000 units: wall ms/unit, CPU ms/unit, mean time per step, and a profile.
+   200 and 1000 units with tag limits on (and 200 without): wall ms/unit, CPU ms/unit, mean time
+   per step, and a profile; beside the same numbers from benchmarks/results/makespan-before.json.
 
 The lower bound is `flotilla.plan.Plan.lower_bound`: max(critical path, Σ work per class / its
 limit, Σ work / max_concurrent). Results: benchmarks/results/makespan.json and the generated
@@ -21,13 +22,16 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from statistics import mean
 
 from benchmarks import pipeline
+from benchmarks.pipeline import make_target
 from benchmarks.policies import (
     CLASSES,
     MAX_CONCURRENT,
@@ -37,13 +41,18 @@ from benchmarks.policies import (
     run_real,
     simulate,
 )
+from benchmarks.scaleout import write_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "makespan.json"
+# The same benchmark on 2026-11-24, before the fixed cost per unit was cut: shown beside the new.
+BEFORE = ROOT / "benchmarks" / "results" / "makespan-before.json"
 DOC = ROOT / "docs" / "performance.md"
 HEADING = "## Makespan and fixed cost"
 BEGIN, END = "<!-- makespan:begin -->", "<!-- makespan:end -->"
 TARGET_RATIO, TARGET_MS = 1.10, 100.0
+CPU_GROWTH = 1.5  # CPU per unit may grow at most this much from 50 to 1000 units
+CLI_TARGET_S = 150.0  # 1000 no-op units through `flotilla run`, merge and gate included
 
 
 def orders(seeds_exact: int, seeds_real: int) -> dict:
@@ -106,7 +115,7 @@ def end_to_end(root: Path, limits: bool = True) -> dict:
 
 
 def pipeline_runs(root: Path, sizes: list[int], tagged_sizes: list[int], concurrency: int) -> dict:
-    """As built first (each unit takes a slot of its class's tag limit), then the same with no
+    """As built first (tag limits on the server, a class slot per unit), then `sizes` with no
     tag limit on the server, to show what the slots cost; the profile is of an untagged run."""
     out: dict = {"concurrency": concurrency}
     out["end_to_end"] = [end_to_end(root)]
@@ -144,6 +153,39 @@ def _noop_run(
     return row
 
 
+def cli_run(root: Path, units: int, concurrency: int) -> dict:
+    """`flotilla run` of `units` independent no-op units on the embedded default (a temporary
+    Prefect server of its own, no PREFECT_API_URL): every stage, merge and gate included."""
+    spec_units = [{"id": f"n{i:04d}", "agent": {"command": "true"}} for i in range(units)]
+    request, workflow = write_inputs(root, spec_units, max_concurrent=concurrency)
+    target = make_target(root / "target")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
+    env["PREFECT_HOME"] = str(root / "prefect-home")
+    flotilla = Path(sys.executable).with_name("flotilla")
+    started = time.monotonic()
+    with (root / "run.log").open("w") as log:
+        done = subprocess.run(
+            [str(flotilla), "run", str(request), "--repo", str(target), "--run-key", "cli"]
+            + ["--workflow", str(workflow), "--store", str(root / "store")]
+            + ["--workdir", str(root / "work")],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=3600,
+            check=False,
+        )
+    wall = time.monotonic() - started
+    print(f"  cli-{units}: {wall:.1f} s (exit {done.returncode})", flush=True)
+    return {
+        "units": units,
+        "concurrency": concurrency,
+        "exit_code": done.returncode,
+        "wall_s": round(wall, 1),
+        "ms_per_unit": round(1000 * wall / units, 1),
+        "target_s": CLI_TARGET_S,
+    }
+
+
 def section(result: dict) -> str:
     o, f = result["orders"], result.get("fixed_cost")
     sim, real = o["simulated"], o["real_time"]
@@ -168,36 +210,97 @@ def section(result: dict) -> str:
     ]
     if f:
         text += ["", "End to end: seed 0 through the implement stage with `sleep` agents:", ""]
+        earlier = _before()
         for e in f["end_to_end"]:
             how = "as built (tag limits)" if e["tag_limits"] else "without tag limits"
             failed = f" ({len(e['failed_units'])} unit(s) failed)" if e["failed_units"] else ""
+            old = earlier.get(("end_to_end", e["tag_limits"]))
+            was = f" (before: {old['ratio']:.2f}×)" if old else ""
             text.append(
                 f"- {how}: makespan {e['makespan_s']:.1f} s against a lower bound of "
-                f"{e['lower_bound_s']:.2f} s = **{e['ratio']:.2f}×**{failed}"
+                f"{e['lower_bound_s']:.2f} s = **{e['ratio']:.2f}×**{was}{failed}"
             )
+        before = _before()
+        was = before.get("when", "before")
         text += [
             "",
-            f"Fixed cost per unit, no-op agent (`true`), {f['concurrency']} units at once:",
+            f"Fixed cost per unit, no-op agent (`true`), {f['concurrency']} units at once, beside "
+            f"the same benchmark on {was} (before the fixed cost was cut):",
             "",
             "| Units | Tag limits | Wall ms/unit | CPU ms/unit: Flotilla process + git and agents "
-            "+ Prefect server | Submitted → running, ms |",
-            "|---|---|---|---|---|",
+            "+ Prefect server | Submitted → running, ms | Before: wall ms/unit | Before: CPU "
+            "ms/unit |",
+            "|---|---|---|---|---|---|---|",
         ]
         for tagged, rows in ((True, f["runs"]), (False, f["without_tag_limits"])):
             for row in rows:
                 cpu = row["cpu_ms_per_unit"]
+                old = before.get((row["units"], tagged))
+                old_wall = f"{old['wall_ms_per_unit']:.0f}" if old else "-"
+                old_cpu = f"{sum(old['cpu_ms_per_unit'].values()):.0f}" if old else "-"
                 text.append(
                     f"| {row['units']} | {'yes' if tagged else 'no'} | "
                     f"{row['wall_ms_per_unit']:.0f} | {sum(cpu.values()):.0f} = "
                     f"{cpu['flotilla_process']:.0f} + {cpu['child_processes']:.0f} + "
-                    f"{cpu['prefect_server']:.0f} | {row['steps_ms'].get('unit_queued', 0):.0f} |"
+                    f"{cpu['prefect_server']:.0f} | {row['steps_ms'].get('unit_queued', 0):.0f} | "
+                    f"{old_wall} | {old_cpu} |"
                 )
-        at = {r["units"]: r for r in f["without_tag_limits"]}.get(200)
+        text += ["", *_verdicts(f)]
+        if (cli := result.get("cli")) is not None:
+            met = "met" if cli["exit_code"] == 0 and cli["wall_s"] < cli["target_s"] else "missed"
+            text.append(
+                f"- {cli['units']} no-op units through `flotilla run` ({cli['concurrency']} at "
+                f"once, temporary server, every stage): {cli['wall_s']:.0f} s, exit "
+                f"{cli['exit_code']}, against a target of {cli['target_s']:.0f} s: {met}."
+            )
+        at = {r["units"]: r for r in f["runs"]}.get(200)
         if at:
             steps = ", ".join(f"{k} {v:.0f}" for k, v in at["steps_ms"].items())
-            text += ["", f"Mean ms per unit at 200 units without tag limits, by step: {steps}."]
+            text += [
+                "",
+                f"Mean ms per unit at 200 units with tag limits, by step (`agent` and `unit` are "
+                f"task runs; worktree, commit and outputs run inside the unit's): {steps}.",
+            ]
     text.append(END)
     return "\n".join(text) + "\n"
+
+
+def _before() -> dict:
+    """The earlier results by (units, tag limits), plus "when" and the end-to-end ratio."""
+    if not BEFORE.exists():
+        return {}
+    old = json.loads(BEFORE.read_text())
+    f = old.get("fixed_cost", {})
+    out: dict = {"when": old.get("when", "before")}
+    for tagged, rows in ((True, f.get("runs", [])), (False, f.get("without_tag_limits", []))):
+        for row in rows:
+            out[(row["units"], tagged)] = row
+    for e in f.get("end_to_end", []):
+        out[("end_to_end", e["tag_limits"])] = e
+    return out
+
+
+def _verdicts(f: dict) -> list[str]:
+    """The issue's targets against this run's numbers, one line each."""
+    tagged = {r["units"]: r for r in f["runs"]}
+    lines = []
+    if 200 in tagged:
+        wall = tagged[200]["wall_ms_per_unit"]
+        met = "met" if wall < TARGET_MS else "missed"
+        lines.append(
+            f"- Fixed cost at 200 units with tag limits: {wall:.0f} ms/unit against a target "
+            f"of {TARGET_MS:.0f}: {met}."
+        )
+    if 50 in tagged and 1000 in tagged:
+        small = sum(tagged[50]["cpu_ms_per_unit"].values())
+        large = sum(tagged[1000]["cpu_ms_per_unit"].values())
+        growth = large / small
+        met = "met" if growth < CPU_GROWTH else "missed"
+        lines.append(
+            f"- CPU per unit from 50 to 1000 units: {small:.0f} → {large:.0f} ms, "
+            f"{growth:.2f}× against a limit of {CPU_GROWTH}×: {met}."
+        )
+    return lines
 
 
 def write_doc(generated: str) -> None:
@@ -233,9 +336,17 @@ def main(argv: list[str] | None = None) -> int:
             pipeline.prefect_server(),
         ):
             print("Pipeline (end to end, fixed cost):", flush=True)
-            sizes = [50, 200] if args.quick else [50, 200, 1000]
-            result["fixed_cost"] = pipeline_runs(Path(tmp), sizes, [50, 200], 8)
-    result["targets"] = {"ratio": TARGET_RATIO, "ms_per_unit_at_200": TARGET_MS}
+            tagged = [50, 200] if args.quick else [50, 200, 1000]
+            result["fixed_cost"] = pipeline_runs(Path(tmp), [200], tagged, 8)
+        if not args.quick:
+            with tempfile.TemporaryDirectory(prefix="flotilla-bench-cli-") as tmp:
+                print("Through the CLI:", flush=True)
+                result["cli"] = cli_run(Path(tmp), 1000, 8)
+    result["targets"] = {
+        "ratio": TARGET_RATIO,
+        "ms_per_unit_at_200": TARGET_MS,
+        "cpu_growth_50_to_1000": CPU_GROWTH,
+    }
     print(json.dumps(result, indent=2))
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -3,12 +3,13 @@
 Three ways to start units, each honouring the stage's `max_concurrent` and a limit per resource
 class:
 
-- `flotilla`: what the implement stage does today: ready units, most urgent first
-  (`flotilla.scheduling.by_urgency`), are submitted up to `max_concurrent`; a submitted unit then
-  waits for a slot of its class (Prefect's tag limit, modelled here as a first-come queue with no
-  polling delay);
-- `flotilla-class-aware`: the same order, but a unit is only started when its class has a free
-  slot, so a unit waiting for its class never holds a stage slot;
+- `flotilla`: what the implement stage does: ready units, most urgent first
+  (`flotilla.scheduling.by_urgency`), each started only when its class has a free slot
+  (`flotilla.scheduling.ClassRoom`), up to `max_concurrent`;
+- `submit-then-wait`: what it did before the scheduler counted class slots itself: the same order
+  submitted up to `max_concurrent`, and a submitted unit then waits for a slot of its class
+  (Prefect's tag limit, modelled here as a first-come queue with no polling delay), holding a
+  stage slot while it waits;
 - `levels`: the phase-by-phase baseline: the graph's levels run one after the other, each a batch
   that must finish before the next starts (request order inside a level).
 
@@ -32,7 +33,7 @@ from flotilla.spec import FeatureRequest
 CLASSES = {"light": 6, "standard": 3, "heavy": 2}
 SHARES = {"light": 0.5, "standard": 0.3, "heavy": 0.2}
 MAX_CONCURRENT = 16  # more than 6 + 3 + 2: the classes are what limits
-POLICIES = ("flotilla", "flotilla-class-aware", "levels")
+POLICIES = ("flotilla", "submit-then-wait", "levels")
 
 
 def random_units(seed: int, count: int = 200, low: float = 0.05, high: float = 0.5) -> list[dict]:
@@ -107,7 +108,7 @@ class State:
         status.update({u: UnitStatus.RUNNING for u in self.running})
         taken = set(self.submitted) | self.running | self.done
         ready = by_urgency(self.plan, ready_units(self.plan, status, taken), self.remaining)
-        if self.policy == "flotilla":
+        if self.policy == "submit-then-wait":
             for unit in ready:
                 if len(self.submitted) >= MAX_CONCURRENT:
                     break

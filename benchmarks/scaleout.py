@@ -1,7 +1,7 @@
 """Scale-out over Prefect process workers, and the Prefect server on PostgreSQL against SQLite.
 
 A. Scale-out: 30 independent units whose agent is `sleep 2`, through `flotilla run --pool
-   flotilla` against a real `prefect server start` (SQLite, its own PREFECT_HOME) after
+   flotilla` against a real `prefect server start` (PostgreSQL, its own PREFECT_HOME) after
    `make deploy`, with 1, 2 and 3 process workers, each a machine of its own (HOME,
    PREFECT_HOME, FLOTILLA_WORKDIR) running one unit flow run at a time (`--limit 1`). The store
    is a local directory and the remote a local bare repository: the laptop trial of
@@ -86,8 +86,10 @@ def write_inputs(root: Path, units: list[dict], max_concurrent: int) -> tuple[Pa
 
 
 def scale_out(root: Path, units: int, counts: list[int]) -> dict:
-    """One server, `make deploy` once, then a fresh run per worker count."""
-    with prefect_server(root / "server") as server:
+    """One server on PostgreSQL (as a fleet's server runs: on SQLite, workers, the scheduler and
+    the orchestrator writing at once stall it on "database is locked"), `make deploy` once, then
+    a fresh run per worker count."""
+    with postgres_database() as url, prefect_server(root / "server", url) as server:
         deploy(server)
         rows = [pool_run(server, root / f"workers-{n}", units, n) for n in counts]
     base = rows[0]
@@ -98,7 +100,7 @@ def scale_out(root: Path, units: int, counts: list[int]) -> dict:
         "units": units,
         "agent": f"sleep {SLEEP_S:g}",
         "worker_limit": WORKER_LIMIT,
-        "database": "sqlite",
+        "database": "postgres",
         "import_s": import_cost(),
         "runs": rows,
     }
