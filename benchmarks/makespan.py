@@ -31,6 +31,7 @@ from pathlib import Path
 from statistics import mean
 
 from benchmarks import pipeline
+from benchmarks.docblock import save_results, write_block
 from benchmarks.pipeline import make_target
 from benchmarks.policies import (
     CLASSES,
@@ -47,7 +48,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "makespan.json"
 # The same benchmark on 2026-11-24, before the fixed cost per unit was cut: shown beside the new.
 BEFORE = ROOT / "benchmarks" / "results" / "makespan-before.json"
-DOC = ROOT / "docs" / "performance.md"
 HEADING = "## Makespan and fixed cost"
 BEGIN, END = "<!-- makespan:begin -->", "<!-- makespan:end -->"
 TARGET_RATIO, TARGET_MS = 1.10, 100.0
@@ -304,17 +304,7 @@ def _verdicts(f: dict) -> list[str]:
 
 
 def write_doc(generated: str) -> None:
-    """Replace the generated block of this section; keep the prose and other sections."""
-    current = DOC.read_text() if DOC.exists() else "# Performance\n"
-    if BEGIN in current and END in current:
-        start, end = current.index(BEGIN), current.index(END) + len(END) + 1
-        updated = current[:start] + generated + current[end:]
-    elif HEADING in current:
-        at = current.index(HEADING) + len(HEADING) + 1
-        updated = current[:at] + "\n" + generated + current[at:]
-    else:
-        updated = current.rstrip("\n") + f"\n\n{HEADING}\n\n{generated}"
-    DOC.write_text(updated)
+    write_block(HEADING, BEGIN, END, generated)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,8 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(result, indent=2))
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+        save_results(RESULTS.stem, result)
         write_doc(section(result))
         print(f"Wrote {RESULTS.relative_to(ROOT)} and docs/performance.md.")
     return 0

@@ -28,12 +28,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from benchmarks.docblock import save_results, write_block
 from tasks.git import git_env, identity_env, run_git, tree_of
 from tasks.merging import UnitBranch, integrate
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "merge.json"
-DOC = ROOT / "docs" / "performance.md"
 HEADING = "## Merge throughput"
 BEGIN, END = "<!-- merge:begin -->", "<!-- merge:end -->"
 FEATURE = "flotilla/bench"
@@ -234,18 +234,7 @@ def generated(result: dict) -> str:
 
 
 def write_doc(block: str) -> None:
-    """Replace the generated block of this section; keep its prose and the other sections."""
-    current = DOC.read_text() if DOC.exists() else "# Performance\n"
-    if BEGIN in current and END in current:
-        start, end = current.index(BEGIN), current.index(END) + len(END) + 1
-        updated = current[:start] + block + current[end:]
-    elif HEADING in current:
-        at = current.index(HEADING) + len(HEADING) + 1
-        updated = current[:at] + "\n" + block + current[at:]
-    else:
-        updated = current.rstrip("\n") + f"\n\n{HEADING}\n\n{PROSE}\n{block}"
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(updated)
+    write_block(HEADING, BEGIN, END, block, PROSE)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,8 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     result = measure(args.files, args.units, max(args.rounds, 1))
     print(json.dumps(result, indent=2))
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+        save_results(RESULTS.stem, result)
         write_doc(generated(result))
         print(f"Wrote {RESULTS.relative_to(ROOT)} and the merge section of docs/performance.md.")
     return 0

@@ -36,6 +36,7 @@ import httpx
 import psutil
 import yaml
 
+from benchmarks.docblock import save_results, write_block
 from benchmarks.pipeline import DEFAULT_WORKFLOW, make_target
 from deployments.local import (
     POOL,
@@ -53,7 +54,6 @@ from deployments.local import (
 )
 
 RESULTS = ROOT / "benchmarks" / "results" / "scaleout.json"
-DOC = ROOT / "docs" / "performance.md"
 HEADING = "## Scale-out and Postgres"
 BEGIN, END = "<!-- scaleout:begin -->", "<!-- scaleout:end -->"
 SLEEP_S = 2.0
@@ -387,17 +387,7 @@ def _scale_out_lines(s: dict, cpus: int) -> list[str]:
 
 
 def write_doc(generated: str) -> None:
-    """Replace the generated block of this section; keep the prose and other sections."""
-    current = DOC.read_text() if DOC.exists() else "# Performance\n"
-    if BEGIN in current and END in current:
-        start, end = current.index(BEGIN), current.index(END) + len(END) + 1
-        updated = current[:start] + generated + current[end:]
-    elif HEADING in current:
-        at = current.index(HEADING) + len(HEADING) + 1
-        updated = current[:at] + "\n" + generated + current[at:]
-    else:
-        updated = current.rstrip("\n") + f"\n\n{HEADING}\n\n{generated}"
-    DOC.write_text(updated)
+    write_block(HEADING, BEGIN, END, generated)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -419,8 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     result["load_average"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result, indent=2))
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+        save_results(RESULTS.stem, result)
         write_doc(section(result))
         print(f"Wrote {RESULTS.relative_to(ROOT)} and docs/performance.md.")
     return 0

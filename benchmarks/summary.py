@@ -11,16 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-DOC = ROOT / "docs" / "performance.md"
+from benchmarks.docblock import RESULTS, write_block
+
 HEADING = "## At a glance"
 BEGIN, END = "<!-- summary:begin -->", "<!-- summary:end -->"
 
 
 def load(name: str) -> dict:
+    """A results file, or {} when that benchmark has not run here."""
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -124,14 +123,7 @@ def section(table: list[tuple[str, str, str, str]]) -> str:
 
 
 def write_doc(generated: str) -> None:
-    """Replace the block, or put it under its heading right after the page's introduction."""
-    current = DOC.read_text()
-    if BEGIN in current and END in current:
-        start, end = current.index(BEGIN), current.index(END) + len(END) + 1
-        DOC.write_text(current[:start] + generated + current[end:])
-        return
-    at = current.index("\n## ")  # the first section after the introduction
-    DOC.write_text(current[:at] + f"\n\n{HEADING}\n\n{generated}" + current[at:])
+    write_block(HEADING, BEGIN, END, generated)
 
 
 def main(argv: list[str] | None = None) -> int:
