@@ -4,11 +4,23 @@ docs/performance.md, so that every number in the docs comes from a results file.
 from __future__ import annotations
 
 import json
+import os
+import platform
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "performance.md"
+
+
+def run_header() -> dict:
+    """When and where a benchmark ran: the first keys of every results file."""
+    return {
+        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}",
+    }
 
 
 def save_results(name: str, result: dict) -> Path:

@@ -21,17 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from statistics import mean
 
 from benchmarks import pipeline
-from benchmarks.docblock import save_results, write_block
+from benchmarks.docblock import run_header, save_results, write_block
 from benchmarks.pipeline import make_target
 from benchmarks.policies import (
     CLASSES,
@@ -314,9 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only; write no files")
     args = parser.parse_args(argv)
     result: dict = {
-        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, Python "
-        f"{platform.python_version()}",
+        **run_header(),
     }
     print("Orders (makespan / lower bound):", flush=True)
     result["orders"] = orders(5 if args.quick else 20, 1 if args.quick else 3)

@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import resource
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from statistics import mean
 
@@ -36,7 +35,7 @@ import httpx
 import psutil
 import yaml
 
-from benchmarks.docblock import save_results, write_block
+from benchmarks.docblock import run_header, save_results, write_block
 from benchmarks.pipeline import DEFAULT_WORKFLOW, make_target
 from deployments.local import (
     POOL,
@@ -396,9 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only; write no files")
     args = parser.parse_args(argv)
     result: dict = {
-        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, Python "
-        f"{platform.python_version()}",
+        **run_header(),
         "cpus": os.cpu_count(),
     }
     with tempfile.TemporaryDirectory(prefix="flotilla-scaleout-") as tmp:
