@@ -148,3 +148,29 @@ def test_slots_reclaim_frees_the_lease_of_a_dead_run(tmp_path, capsys):
     assert f"slot of class {klass} held by unit u1 of run gone-run" in out
     assert "released" in out
     assert not registry.path("gone-run").exists()
+
+
+def test_a_finished_units_slot_passes_to_the_next_unit_of_its_class(tmp_path):
+    klass, other = f"pass-{uuid.uuid4().hex[:6]}", f"other-{uuid.uuid4().hex[:6]}"
+    ensure_resource_limits({klass: 1, other: 1})
+    holder = SlotHolder(run_key=f"passing-{uuid.uuid4().hex[:6]}", pid=os.getpid(), host="here")
+    registry = SlotRegistry(tmp_path / "slots")
+    with get_client(sync_client=True) as client:
+        slots = RunSlots(client, holder, registry, None)
+        assert slots.try_acquire(klass, "first")
+        lease = holder.slots["first"].lease_id
+
+        slots.park("first")  # `first` finished; `second` is ready in the same class
+        assert slots.try_acquire(klass, "second")
+        assert holder.slots["second"].lease_id == lease  # taken over: no new lease
+        assert "first" not in holder.slots
+        assert registry.holders()[0].slots["second"].unit_id == "second"
+        assert read_usage(client, klass).active == 1
+
+        slots.park("second")  # a unit of another class is ready: it gets a slot of its own
+        assert slots.try_acquire(other, "third")
+        assert holder.slots["third"].lease_id != lease
+        slots.release_parked()  # and the parked slot goes back before the loop waits
+        assert read_usage(client, klass).active == 0
+        slots.release_all()
+        assert read_usage(client, other).active == 0
