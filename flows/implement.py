@@ -87,7 +87,7 @@ def implement(
             loop.report.merge(loop.take_verdicts())
             loop.checkpoint_if_due()
     loop.launcher.close()  # unit flow runs still in flight (on a pool) go on without us
-    loop.checkpoint_if_due(final=True)
+    loop.checkpoint_if_due(now=True)
     publish_unit_table(ctx.feature_id, loop.table(), ctx.run_key)
     result = loop.result()
     if result.all_succeeded or result.paused:
@@ -389,12 +389,13 @@ class UnitLoop:
         would cost a 1,000-unit run a million records)."""
         self.unsaved.append(reason)
         if not self.running:
-            self.checkpoint_if_due(final=True)
+            self.checkpoint_if_due(now=True)
 
-    def checkpoint_if_due(self, final: bool = False) -> None:
+    def checkpoint_if_due(self, now: bool = False) -> None:
+        """Write the verdicts not yet in a checkpoint: `now`, or once CHECKPOINT_EVERY_S passed."""
         if not self.unsaved:
             return
-        if not final and time.monotonic() - self.checkpointed_at < CHECKPOINT_EVERY_S:
+        if not now and time.monotonic() - self.checkpointed_at < CHECKPOINT_EVERY_S:
             return
         reasons, self.unsaved = self.unsaved, []
         reason = (

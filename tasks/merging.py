@@ -1,11 +1,8 @@
 """Integration by git plumbing: merge-tree, commit-tree, update-ref; never a checkout.
 
 Every merge is computed in memory (`git merge-tree --write-tree`) and only becomes a commit once it
-is known to be clean, so a conflict leaves no ref behind. The git on supported machines may lack
-`merge-tree --merge-base`, so a cherry-pick is expressed as a merge against a throwaway commit
-whose parent is the wanted merge base.
-
-The git runner and the in-memory merge and replay of trees live in tasks/git.py.
+is known to be clean, so a conflict leaves no ref behind. The git runner and the in-memory merge
+and replay of trees this builds on live in tasks/git.py.
 """
 
 from __future__ import annotations
