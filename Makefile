@@ -54,8 +54,10 @@ deploy: $(BIN)/flotilla
 	PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/python -m deployments.setup --automation
 	PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect --no-prompt deploy --all
 
+# `python` on the worker's PATH is .venv's: the `unit` deployment runs `python -m prefect.engine`.
 worker: $(BIN)/flotilla
-	PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect worker start --pool flotilla
+	PATH="$(abspath $(BIN)):$$PATH" PREFECT_API_URL=$(PREFECT_API_URL) \
+	  $(BIN)/prefect worker start --pool flotilla
 
 # About 40 minutes on 2 cores; each module writes benchmarks/results/<name>.json and its part of
 # docs/performance.md, and the summary puts their headline numbers side by side.

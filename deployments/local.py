@@ -174,8 +174,10 @@ def start_worker(
     server: Server, machine: Path, extra: dict[str, str] | None = None, limit: int = 1
 ) -> subprocess.Popen:
     """`make worker` on one machine: a process worker of the pool, named after the machine,
-    running at most `limit` flow runs at once and asking for work every second."""
+    running at most `limit` flow runs at once and asking for work every second. Its `python` is
+    this one (the `unit` deployment's command is `python -m prefect.engine`)."""
     env = machine_env(server, machine, {"PREFECT_WORKER_QUERY_SECONDS": "1", **(extra or {})})
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     log = machine / "worker.log"
     command = [PREFECT, "worker", "start", "--pool", POOL, "--limit", str(limit)]
     with log.open("w") as out:
