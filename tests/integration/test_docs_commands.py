@@ -188,9 +188,13 @@ def test_flotilla_commands_parse():
 
 
 def test_python_modules_and_their_options_exist(capsys):
+    """Every `python -m` names a module that imports; this project's own also take the options
+    shown (another package's, such as `prefect.engine`, is only named)."""
     for command in by_program("python"):
         assert command.words[1] == "-m", command
         module = importlib.import_module(command.words[2])
+        if not (ROOT / command.words[2].split(".")[0]).is_dir():
+            continue
         with pytest.raises(SystemExit):
             module.main(["--help"])
         help_text = capsys.readouterr().out
