@@ -11,7 +11,8 @@ itself is in the ledger. Two launchers:
   completes, the unit's branch is fetched from the target's remote, where the worker pushed it.
   A run that crashed (its worker died: the zombie automation marks it Crashed when heartbeats
   stop) is started again on whichever worker is free; a resumed orchestrator adopts the unit
-  flow runs still in flight instead of starting them twice.
+  flow runs still in flight instead of starting them twice. A unit whose flow runs never get
+  past their start (a worker without Flotilla's `python`) fails saying so.
 """
 
 from __future__ import annotations
@@ -58,6 +59,18 @@ UNIT_FLOW = "unit"
 POLL_S = 1.0
 PAGE = 200
 LOST_RUN_RELAUNCHES = 3  # a unit whose flow runs keep crashing is a problem, not bad luck
+
+
+def never_started(state: State) -> str:
+    """What to do about a unit flow run whose worker could not start it: most often the worker's
+    `python`, which the `unit` deployment's command (`python -m prefect.engine`) runs."""
+    return (
+        f"its flow run never started on a worker ({state.message or state.name}). A worker starts "
+        "each unit with `python -m prefect.engine`, using the `python` on its PATH: start "
+        "workers with `make worker`, or with Flotilla's .venv active; the worker's log says more"
+    )
+
+
 UNCLAIMED_WARNING_S = 60.0
 IN_FLIGHT = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]
 ZOMBIE_AUTOMATION = "flotilla-crash-zombie-flow-runs"  # deployments/zombie-automation.yaml
@@ -292,6 +305,8 @@ class PoolLauncher:
             return
         if state.is_completed():
             self._fetch_branch(unit_id)
+        elif state.is_crashed() and flow_run.run_count == 0:  # it never entered Running
+            state = state.model_copy(update={"message": never_started(state)})
         unit.handle.set_result(state)
 
     def _fetch_branch(self, unit_id: str) -> None:

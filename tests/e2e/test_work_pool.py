@@ -265,3 +265,33 @@ def test_a_worker_killed_mid_unit_has_its_unit_run_again_on_another(
     after = git(remote, "show", "flotilla/demo-feature:units/after.txt")
     assert after.startswith("after") and "quick/notes.md" in after
     assert git(remote, "show", "flotilla/demo-feature:units/victim.txt").startswith("victim")
+
+
+def test_a_worker_that_cannot_start_units_fails_them_with_what_to_fix(server, tmp_path):
+    """A worker whose PATH has no `python` (not started with `make worker`): each unit flow run
+    crashes before its first line; after the relaunches the unit fails, saying what to fix."""
+    request = write_request(tmp_path, [{"id": "only"}], timeline=tmp_path / "timeline.txt")
+    remote = bare_remote(make_target(tmp_path / "target"), tmp_path / "remote.git")
+    nothing_on_path = tmp_path / "empty-bin"
+    nothing_on_path.mkdir()
+    worker = start_worker(server, tmp_path / "machine-1", {"PATH": str(nothing_on_path)})
+    log = tmp_path / "orchestrator" / "run.log"
+    store = str(tmp_path / "store")
+    try:
+        run = flotilla(
+            machine_env(server, tmp_path / "orchestrator"),
+            *("run", str(request), "--repo", str(remote), "--run-key", "no-python"),
+            *("--pool", "flotilla", "--store", store),
+            *("--workdir", str(tmp_path / "orchestrator" / "work")),
+            log=log,
+        )
+        assert run.wait(timeout=300) == 1, log.read_text()
+    finally:
+        stop_all([worker])
+
+    record = RunStore(ArtifactStore(store), "no-python").read_ledger()["only"]
+    assert record.status == UnitStatus.FAILED
+    assert "its flow run never started on a worker" in record.error
+    assert "start workers with `make worker`, or with Flotilla's .venv active" in record.error
+    launches = unit_flow_runs(server, "no-python")
+    assert [r["state_type"] for r in launches] == ["CRASHED"] * 4  # the first and 3 relaunches
