@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from statistics import mean
@@ -162,7 +163,6 @@ def pool_run(server: Server, root: Path, units: int, workers: int) -> dict:
             "postgres": round(postgres_cpu, 1),
             "orchestrator": round(orchestrator_cpu, 1),
         },
-        "orchestrator_cpu_s": round(orchestrator_cpu, 1),
         **_trouble(server.log, offset, log),
     }
     print(f"  {workers} worker(s): makespan {row['makespan_s']} s, wall {wall:.1f} s", flush=True)
@@ -300,23 +300,22 @@ def _tree_cpu(pid: int) -> float:
         family = [process, *process.children(recursive=True)]
     except psutil.NoSuchProcess:
         return 0.0
-    total = 0.0
-    for proc in family:
-        try:
-            t = proc.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += t.user + t.system + t.children_user + t.children_system
-    return total
+    return _cpu_of(family)
 
 
 def _postgres_cpu() -> float:
     """CPU seconds of the PostgreSQL processes, living and reaped (the postmaster counts the
     backends that have exited); 0 where they cannot be read."""
+    return _cpu_of(
+        p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("postgres")
+    )
+
+
+def _cpu_of(processes: Iterable[psutil.Process]) -> float:
+    """CPU seconds of these processes and the children they reaped; one gone or unreadable
+    meanwhile counts nothing."""
     total = 0.0
-    for proc in psutil.process_iter(["name"]):
-        if not (proc.info["name"] or "").startswith("postgres"):
-            continue
+    for proc in processes:
         try:
             t = proc.cpu_times()
         except psutil.Error:

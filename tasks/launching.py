@@ -59,18 +59,6 @@ UNIT_FLOW = "unit"
 POLL_S = 1.0
 PAGE = 200
 LOST_RUN_RELAUNCHES = 3  # a unit whose flow runs keep crashing is a problem, not bad luck
-
-
-def never_started(state: State) -> str:
-    """What to do about a unit flow run whose worker could not start it: most often the worker's
-    `python`, which the `unit` deployment's command (`python -m prefect.engine`) runs."""
-    return (
-        f"its flow run never started on a worker ({state.message or state.name}). A worker starts "
-        "each unit with `python -m prefect.engine`, using the `python` on its PATH: start "
-        "workers with `make worker`, or with Flotilla's .venv active; the worker's log says more"
-    )
-
-
 UNCLAIMED_WARNING_S = 60.0
 IN_FLIGHT = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]
 ZOMBIE_AUTOMATION = "flotilla-crash-zombie-flow-runs"  # deployments/zombie-automation.yaml
@@ -342,6 +330,16 @@ class PoolLauncher:
         """Stop watching; unit flow runs still in flight go on, and a resume adopts them."""
         self._stop.set()
         self._thread.join(timeout=10)
+
+
+def never_started(state: State) -> str:
+    """What to do about a unit flow run whose worker could not start it: most often the worker's
+    `python`, which the `unit` deployment's command (`python -m prefect.engine`) runs."""
+    return (
+        f"its flow run never started on a worker ({state.message or state.name}). A worker starts "
+        "each unit with `python -m prefect.engine`, using the `python` on its PATH: start "
+        "workers with `make worker`, or with Flotilla's .venv active; the worker's log says more"
+    )
 
 
 def check_pool(pool: str, store_url: str) -> UUID:
