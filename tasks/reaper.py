@@ -24,15 +24,17 @@ status (or dies of the same signal). Why it works this way:
 - Without prctl or /proc (not Linux), it still runs COMMAND in its process group, which
   Flotilla ends as a whole afterwards.
 
-Standard library only, and started with `-I -S`, so it costs a few milliseconds per command.
+It starts once per agent call and test run, so its start is part of every unit's fixed cost:
+standard library only, started with `-I -S`, no module that pulls in others (`_signal` rather
+than `signal`, which imports `enum`; no `contextlib`), and the command spawned rather than forked.
+That is about 21 ms of CPU per command instead of 34 (Python's own start is 11 of them).
 """
 
 from __future__ import annotations
 
-import contextlib
+import _signal as signal  # `signal` without the enum wrappers: same functions and numbers
 import ctypes
 import os
-import signal
 import sys
 import time
 
@@ -109,8 +111,10 @@ def _end_leftovers(command: int, status: list[int]) -> None:
         late = time.monotonic() > deadline
         for pid in live:
             if late or pid not in termed:
-                with contextlib.suppress(ProcessLookupError):
+                try:  # noqa: SIM105 - importing contextlib would slow every start
                     os.kill(pid, signal.SIGKILL if late else signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
                 termed.add(pid)
         time.sleep(0.02)
 
@@ -123,8 +127,10 @@ def _exit_like(code: int | None, stopped_by: int | None) -> None:
     elif code is None:
         sig = stopped_by or signal.SIGTERM
     if sig is not None:
-        with contextlib.suppress(OSError, ValueError):  # SIGKILL cannot be caught anyway
+        try:  # noqa: SIM105 - as above
             signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):  # SIGKILL cannot be caught anyway
+            pass
         os.kill(os.getpid(), sig)
         time.sleep(1)
         os._exit(128 + sig)
@@ -141,16 +147,12 @@ def main(argv: list[str]) -> None:
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     for sig in STOP_SIGNALS:
         signal.signal(sig, _on_signal)
-    pid = os.fork()
-    if pid == 0:
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
-        try:
-            os.execvp(command_argv[0], command_argv)
-        except OSError as exc:
-            sys.stderr.write(f"flotilla: cannot run {command_argv[0]!r}: {exc.strerror}\n")
-            sys.stderr.flush()
-            os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
+    try:  # a spawn, not a fork: the command starts with the stop signals at their defaults
+        pid = os.posix_spawnp(command_argv[0], command_argv, os.environ, setsigdef=STOP_SIGNALS)
+    except OSError as exc:
+        sys.stderr.write(f"flotilla: cannot run {command_argv[0]!r}: {exc.strerror}\n")
+        sys.stderr.flush()
+        os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
     status: list[int] = []
     try:
         _waiting = True
