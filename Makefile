@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .PHONY: demo test server deploy worker bench lint clean
 
@@ -38,14 +37,16 @@ UI_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
 # (data in $PREFECT_HOME/postgres, port $(PG_PORT)); see deployments/postgres.py.
 DB ?= sqlite
 PG_PORT ?= 5433
+# Flotilla's server settings (flotilla/server_settings.py), those the environment does not set.
+SERVER_SETTINGS = $$($(BIN)/python -m flotilla.server_settings)
 
 server: $(BIN)/flotilla
 ifeq ($(DB),postgres)
 	PREFECT_API_DATABASE_CONNECTION_URL=$$($(BIN)/python -m deployments.postgres start --port $(PG_PORT)) \
-	  PREFECT_SERVER_UI_API_URL=$(UI_API_URL) \
+	  PREFECT_SERVER_UI_API_URL=$(UI_API_URL) env $(SERVER_SETTINGS) \
 	  $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 else
-	PREFECT_SERVER_UI_API_URL=$(UI_API_URL) \
+	PREFECT_SERVER_UI_API_URL=$(UI_API_URL) env $(SERVER_SETTINGS) \
 	  $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 endif
 

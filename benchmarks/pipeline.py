@@ -23,13 +23,15 @@ from statistics import mean
 
 import yaml
 
+from flotilla.server_settings import use_server_settings
+
 DEFAULT_WORKFLOW = Path(__file__).resolve().parents[1] / "flotilla" / "default_workflow.yaml"
 STEPS = ("agent", "tests")  # the steps with task runs of their own: `<unit> · agent #1`
 
 
 @contextmanager
 def prefect_server() -> Iterator[None]:
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    use_server_settings()
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 

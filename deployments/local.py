@@ -23,6 +23,8 @@ from pathlib import Path
 
 import httpx
 
+from flotilla.server_settings import SERVER_SETTINGS
+
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 POOL = "flotilla"
@@ -42,7 +44,7 @@ def clean_env(tmp_path: Path, api_url: str, scheduler: bool = False) -> dict[str
         **env,
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "PREFECT_API_URL": api_url,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        **SERVER_SETTINGS,
         "PREFECT_SERVER_UI_ENABLED": "false",
     }
     if not scheduler:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from examples.demo_repo import build_demo_repo
+from flotilla.server_settings import use_server_settings
 
 REQUEST = Path(__file__).resolve().parent / "text-stats" / "request.yaml"
 FEATURE_BRANCH = "flotilla/text-stats"
@@ -30,7 +31,7 @@ def main() -> int:
         )
         return 2
     # Set before Prefect is imported (through flotilla.cli): Prefect reads settings at import.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    use_server_settings()
     # Agents and test gates call `python`; make it this interpreter, which has pytest.
     bin_dir = str(Path(sys.executable).parent)
     os.environ["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])

@@ -7,13 +7,15 @@ from collections.abc import Iterator
 
 import pytest
 
+from flotilla.server_settings import use_server_settings
+
 
 @pytest.fixture(scope="session", autouse=True)
 def prefect_harness(tmp_path_factory) -> Iterator[None]:
     """The session's own PREFECT_HOME too (for this process and every `flotilla` it starts):
     Flotilla keeps its slot holders there, and nothing may land in the user's ~/.prefect."""
     home = tmp_path_factory.mktemp("prefect-home")
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    use_server_settings()
     os.environ["PREFECT_HOME"] = str(home)
     from prefect import flow
     from prefect.settings import (

@@ -1,0 +1,37 @@
+"""Settings for the Prefect servers Flotilla starts: the temporary server of `flotilla run`,
+`make server`, and the servers of the tests, the demo and the benchmarks.
+
+Prefect's task run recorder writes every task run event in a transaction of its own (batch size
+1). A unit makes six (two task runs, three states each), and on SQLite the recorder fell behind
+a 1,000-unit run: the server answered the next stage's requests with 503 ("database is locked")
+and the client backed off 2, 4, 8, 16 and 32 s, a minute of nothing between two stages.
+Batches of 100, flushed every second, keep up; the UI shows a task run's state at most a second
+later. Set a variable yourself to override it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+
+SERVER_SETTINGS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
+}
+
+
+def use_server_settings(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Fill in the settings the environment does not set. Call it before Prefect is imported:
+    Prefect reads its settings once, and a temporary server inherits this environment."""
+    for name, value in SERVER_SETTINGS.items():
+        environ.setdefault(name, value)
+
+
+def main() -> None:
+    """`make server`: print `NAME=VALUE` for each setting the environment does not set, for `env`."""
+    print(" ".join(f"{n}={v}" for n, v in SERVER_SETTINGS.items() if n not in os.environ))
+
+
+if __name__ == "__main__":
+    main()
