@@ -2,11 +2,11 @@
 `make server`, and the servers of the tests, the demo and the benchmarks.
 
 Prefect's task run recorder writes every task run event in a transaction of its own (batch size
-1). A unit makes six (two task runs, three states each), and on SQLite the recorder fell behind
-a 1,000-unit run: the server answered the next stage's requests with 503 ("database is locked")
-and the client backed off 2, 4, 8, 16 and 32 s, a minute of nothing between two stages.
-Batches of 100, flushed every second, keep up; the UI shows a task run's state at most a second
-later. Set a variable yourself to override it.
+1), six per unit (two task runs, three states each). On SQLite any of those commits can make a
+concurrent API request fail with "database is locked": the server answers 503 and the client
+retries after 2, 4, 8, 16 and 32 s. A 1,000-unit run stood still for a minute between two
+stages that way. Batches of 100, flushed every second, commit far less often; the UI shows a
+task run's state at most a second later. Set a variable yourself to override it.
 """
 
 from __future__ import annotations
