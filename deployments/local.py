@@ -115,14 +115,17 @@ class Server:
 
 @contextlib.contextmanager
 def prefect_server(
-    home: Path, database_url: str | None = None, extra: dict[str, str] | None = None
+    home: Path,
+    database_url: str | None = None,
+    extra: dict[str, str] | None = None,
+    scheduler: bool = False,
 ):
     """`prefect server start` on a free loopback port: its database on `database_url`, or SQLite
-    in `home`."""
+    in `home`; its scheduler off unless asked for (`clean_env`)."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
-    env = clean_env(home, api_url)
+    env = clean_env(home, api_url, scheduler=scheduler)
     if database_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     env.update(extra or {})

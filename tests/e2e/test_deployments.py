@@ -21,6 +21,7 @@ import httpx
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from deployments.local import prefect_server
 from deployments.setup import ensure_automation, ensure_work_pool
 from tasks.store import ArtifactStore, RunStore
 from tests.e2e.helpers import git, make_target, write_request
@@ -32,25 +33,11 @@ UUID = re.compile(r"UUID: ([0-9a-f-]{36})")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[tuple[str, dict[str, str], Path]]:
-    """A Prefect server with SQLite on a free loopback port; yields its API URL, env and log."""
-    tmp_path = tmp_path_factory.mktemp("prefect-server")
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = clean_env(tmp_path, api_url, scheduler=True)
-    log = tmp_path / "server.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_until_healthy(process, f"{api_url}/health", log)
-        yield api_url, env, log
-    finally:
-        stop(process)
+    """A Prefect server with SQLite on a free loopback port, its scheduler on (the nightly
+    deployment's schedule must really fire); yields its API URL, env and log."""
+    home = tmp_path_factory.mktemp("prefect-server")
+    with prefect_server(home, scheduler=True) as up:
+        yield up.api_url, up.env, up.log
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 120) -> str:
