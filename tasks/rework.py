@@ -11,7 +11,6 @@ new work passed its tests; a failed rework leaves the branch and the ledger's ve
 from __future__ import annotations
 
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Literal
@@ -29,7 +28,14 @@ from tasks.checks import run_tests, test_env
 from tasks.git import commit_tree, run_git, tree_of
 from tasks.merging import ConflictInfo
 from tasks.store import RunStore
-from tasks.units import feedback, run_store_for, unit_prompt, workspace_for
+from tasks.units import (
+    attempt_invocation,
+    feedback,
+    fresh_attempt_dir,
+    run_store_for,
+    unit_prompt,
+    workspace_for,
+)
 from tasks.workspace import Workspace
 
 REWORK_TRAILER = "Flotilla-Rework"
@@ -130,35 +136,15 @@ def _attempt(
     unit, settings = job.unit, job.settings
     name = f"rework-{number}-attempt-{record.attempts}"
     local = Path(job.ctx.workdir) / "units" / unit.id / name
-    shutil.rmtree(local, ignore_errors=True)
-    for sub in ("inputs", "outputs"):
-        (local / sub).mkdir(parents=True)
-    log_file = local / "agent.log"
-    log_file.touch()
+    log_file = fresh_attempt_dir(local)
     start = job.worktree_at or job.onto
     worktree = workspace.scratch_worktree(f"rework-{unit.id}", start)
     try:
         _fetch_artifacts(job, runs, local)
         prompt_file = local / "prompt.md"
         prompt_file.write_text(unit_prompt(job.ctx, unit) + "\n" + job.brief)
-        invocation = AgentInvocation(
-            unit_id=unit.id,
-            feature_id=job.ctx.feature_id,
-            worktree=worktree,
-            prompt_file=prompt_file,
-            inputs_dir=local / "inputs",
-            outputs_dir=local / "outputs",
-            summary_file=local / "summary.md",
-            new_units_file=local / "new-units.json",
-            request_dir=Path(job.ctx.request_dir),
-            log_file=log_file,
-            timeout_s=settings.timeout_s,
-            attempt=record.attempts,
-            extra_env=workspace.env,
-            env=settings.env,
-            pass_env=settings.pass_env,
-            agent_name=settings.agent_name,
-            usage_file=local / "usage.json",
+        invocation = attempt_invocation(
+            job.ctx, unit, settings, worktree, local, record.attempts, workspace.env
         )
         tests: TestReport | None = None
         failing: TestReport | None = None

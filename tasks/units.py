@@ -232,11 +232,7 @@ class UnitRunner:
 
     def attempt(self, attempt: int) -> None:
         local = Path(self.ctx.workdir) / "units" / self.store_id / f"attempt-{attempt}"
-        shutil.rmtree(local, ignore_errors=True)
-        for sub in ("inputs", "outputs"):
-            (local / sub).mkdir(parents=True)
-        log_file = local / "agent.log"
-        log_file.touch()
+        log_file = fresh_attempt_dir(local)
         self.save(usage=[*self.record.usage, AttemptUsage(attempt=attempt)])
         try:
             self._attempt(attempt, local, log_file)
@@ -249,26 +245,10 @@ class UnitRunner:
         self.fetch_inputs(local / "inputs")
         prompt_file = local / "prompt.md"
         prompt_file.write_text(self.prompt_text())
-        invocation = AgentInvocation(
-            unit_id=self.unit.id,
-            feature_id=self.ctx.feature_id,
-            worktree=worktree,
-            prompt_file=prompt_file,
-            inputs_dir=local / "inputs",
-            outputs_dir=local / "outputs",
-            summary_file=local / "summary.md",
-            new_units_file=local / "new-units.json",
-            request_dir=Path(self.ctx.request_dir),
-            log_file=log_file,
-            timeout_s=self.job.settings.timeout_s,
-            attempt=attempt,
-            extra_env=self.workspace.env,  # agents that commit need an identity too
-            env=self.job.settings.env,
-            pass_env=self.job.settings.pass_env,
-            agent_name=self.job.settings.agent_name,
-            usage_file=local / "usage.json",
-            candidate=self.candidate,
+        invocation = attempt_invocation(
+            self.ctx, self.unit, self.job.settings, worktree, local, attempt, self.workspace.env
         )
+        invocation.candidate = self.candidate  # best-of: $FLOTILLA_CANDIDATE
         tests: TestReport | None = None
         for iteration in range(1, self.job.settings.max_iterations + 1):
             self.note(iterations=iteration)
@@ -389,6 +369,48 @@ class UnitRunner:
 
     def prompt_text(self) -> str:
         return unit_prompt(self.ctx, self.unit)
+
+
+def fresh_attempt_dir(local: Path) -> Path:
+    """An empty attempt directory (`inputs/`, `outputs/`, `agent.log`); returns the log file."""
+    shutil.rmtree(local, ignore_errors=True)
+    for sub in ("inputs", "outputs"):
+        (local / sub).mkdir(parents=True)
+    log_file = local / "agent.log"
+    log_file.touch()
+    return log_file
+
+
+def attempt_invocation(
+    ctx: RunContext,
+    unit: UnitSpec,
+    settings: UnitSettings,
+    worktree: Path,
+    local: Path,
+    attempt: int,
+    identity_env: dict[str, str],
+) -> AgentInvocation:
+    """An agent call of one attempt: its files in the attempt directory `local`, the unit's
+    settings, and the git identity agents that commit need."""
+    return AgentInvocation(
+        unit_id=unit.id,
+        feature_id=ctx.feature_id,
+        worktree=worktree,
+        prompt_file=local / "prompt.md",
+        inputs_dir=local / "inputs",
+        outputs_dir=local / "outputs",
+        summary_file=local / "summary.md",
+        new_units_file=local / "new-units.json",
+        request_dir=Path(ctx.request_dir),
+        log_file=local / "agent.log",
+        timeout_s=settings.timeout_s,
+        attempt=attempt,
+        extra_env=identity_env,
+        env=settings.env,
+        pass_env=settings.pass_env,
+        agent_name=settings.agent_name,
+        usage_file=local / "usage.json",
+    )
 
 
 def unit_prompt(ctx: RunContext, unit: UnitSpec) -> str:
