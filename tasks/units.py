@@ -246,9 +246,15 @@ class UnitRunner:
         prompt_file = local / "prompt.md"
         prompt_file.write_text(self.prompt_text())
         invocation = attempt_invocation(
-            self.ctx, self.unit, self.job.settings, worktree, local, attempt, self.workspace.env
+            self.ctx,
+            self.unit,
+            self.job.settings,
+            worktree,
+            local,
+            attempt,
+            self.workspace.env,
+            candidate=self.candidate,
         )
-        invocation.candidate = self.candidate  # best-of: $FLOTILLA_CANDIDATE
         tests: TestReport | None = None
         for iteration in range(1, self.job.settings.max_iterations + 1):
             self.note(iterations=iteration)
@@ -389,9 +395,10 @@ def attempt_invocation(
     local: Path,
     attempt: int,
     identity_env: dict[str, str],
+    candidate: int | None = None,
 ) -> AgentInvocation:
     """An agent call of one attempt: its files in the attempt directory `local`, the unit's
-    settings, and the git identity agents that commit need."""
+    settings, the git identity agents that commit need, and (best-of) its candidate number."""
     return AgentInvocation(
         unit_id=unit.id,
         feature_id=ctx.feature_id,
@@ -410,6 +417,7 @@ def attempt_invocation(
         pass_env=settings.pass_env,
         agent_name=settings.agent_name,
         usage_file=local / "usage.json",
+        candidate=candidate,
     )
 
 
