@@ -13,7 +13,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -25,10 +24,10 @@ from pydantic import BaseModel
 
 from flotilla.environment import basic_env
 from flotilla.redaction import current_redactor
+from tasks.spawner import Runner, spawn
 
 TAIL_LINES = 60
 KILL_GRACE_S = 3.0
-REAPER = Path(__file__).with_name("reaper.py")
 STOP_POLL_S = 1.0
 
 
@@ -57,21 +56,12 @@ def run_process(
     the time limit does (a hard budget).
     """
     argv = ["bash", "-c", command] if isinstance(command, str) else command
-    argv = [sys.executable, "-I", "-S", str(REAPER), "--", *argv]
     full_env = dict(env) if env is not None else basic_env(os.environ)
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     log = open(log_file, "ab") if log_file else None  # noqa: SIM115 - closed in finally
     started = time.monotonic()
     try:
-        proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=full_env,
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        proc = spawn(argv, cwd=cwd, env=full_env, stdin=stdin is not None)
         if stdin is not None and proc.stdin:
             try:
                 proc.stdin.write(stdin.encode())
@@ -81,7 +71,8 @@ def run_process(
         reader = threading.Thread(target=_copy_output, args=(proc, tail, log), daemon=True)
         reader.start()
         timed_out = not _wait(proc, timeout_s, stop)
-        kill_group(proc)  # also reaps children left behind by a leader that exited
+        if timed_out or not proc.left_nothing:
+            kill_group(proc)
         reader.join(timeout=10)
         exit_code = None if timed_out else proc.returncode
     finally:
@@ -95,7 +86,7 @@ def run_process(
     )
 
 
-def _wait(proc: subprocess.Popen, timeout_s: float | None, stop: Callable[[], bool] | None) -> bool:
+def _wait(proc: Runner, timeout_s: float | None, stop: Callable[[], bool] | None) -> bool:
     """True when the process ended on its own; False at the time limit or when stopped."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
@@ -111,7 +102,7 @@ def _wait(proc: subprocess.Popen, timeout_s: float | None, stop: Callable[[], bo
                 return False
 
 
-def _copy_output(proc: subprocess.Popen, tail: deque[str], log: BinaryIO | None) -> None:
+def _copy_output(proc: Runner, tail: deque[str], log: BinaryIO | None) -> None:
     assert proc.stdout is not None
     redactor = current_redactor()
     for line in iter(proc.stdout.readline, b""):
@@ -123,7 +114,7 @@ def _copy_output(proc: subprocess.Popen, tail: deque[str], log: BinaryIO | None)
     proc.stdout.close()
 
 
-def kill_group(proc: subprocess.Popen) -> None:
+def kill_group(proc: Runner) -> None:
     """SIGTERM the process group, then SIGKILL whatever is still there after a grace period.
 
     The reaper at the head of the group ends what left the group when it gets the SIGTERM.

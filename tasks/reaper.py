@@ -1,13 +1,14 @@
 """The runner between Flotilla and an agent or test command: nothing the command starts outlives it.
 
-    python -I -S reaper.py -- COMMAND [ARG...]
+    python -I -S reaper.py -- COMMAND [ARG...]      one command, then exit
+    python -I -S reaper.py --serve FD               fork a runner per request (tasks/spawner.py)
 
-It runs COMMAND, waits for it, ends every process COMMAND left behind, and exits with COMMAND's
-status (or dies of the same signal). Why it works this way:
+A runner runs COMMAND, waits for it, ends every process COMMAND left behind, and exits with
+COMMAND's status (or dies of the same signal). Why it works this way:
 
 - A process group or session is not a boundary: `setsid cmd &` or a double fork leaves both, and
   the orphan is re-parented to init, where nobody can tell which unit it came from.
-- This runner makes itself a child subreaper (`prctl(PR_SET_CHILD_SUBREAPER)`, Linux >= 3.4), so
+- The runner makes itself a child subreaper (`prctl(PR_SET_CHILD_SUBREAPER)`, Linux >= 3.4), so
   every orphan of its subtree is re-parented to it instead. Once COMMAND has exited, the
   runner's remaining children are exactly what COMMAND left behind, however it detached: they
   get SIGTERM, then SIGKILL after a grace period, and are reaped (their own orphans come back to
@@ -24,10 +25,10 @@ status (or dies of the same signal). Why it works this way:
 - Without prctl or /proc (not Linux), it still runs COMMAND in its process group, which
   Flotilla ends as a whole afterwards.
 
-It starts once per agent call and test run, so its start is part of every unit's fixed cost:
-standard library only, started with `-I -S`, no module that pulls in others (`_signal` rather
-than `signal`, which imports `enum`; no `contextlib`), and the command spawned rather than forked.
-That is about 21 ms of CPU per command instead of 34 (Python's own start is 11 of them).
+A runner starts once per agent call and test run, so its start is part of every unit's fixed
+cost. Starting this interpreter costs about 21 ms of CPU even kept lean (`-I -S`, `_signal`
+rather than `signal`, which imports `enum`; no `contextlib`); so Flotilla starts it once per
+process as a server (`serve`), which forks a runner per command for about 5 ms of CPU in all.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class _Stop(Exception):
 
 _waiting = False
 _stopped: list[int] = []
+_subreaper = False  # True once this runner adopts orphans and can see its children in /proc
 
 
 def _on_signal(signum: int, _frame: object) -> None:
@@ -135,24 +137,23 @@ def _exit_like(code: int | None, stopped_by: int | None) -> None:
         time.sleep(1)
         os._exit(128 + sig)
     assert code is not None
-    sys.exit(os.waitstatus_to_exitcode(code))
+    sys.stderr.flush()
+    os._exit(os.waitstatus_to_exitcode(code))  # not sys.exit: a forked runner must not unwind
 
 
-def main(argv: list[str]) -> None:
+def _run(command_argv: list[str], environ: dict[str, str]) -> tuple[int | None, int | None]:
+    """Run the command to its end and end what it left: (its wait status, the stop signal)."""
     global _waiting
-    if len(argv) < 2 or argv[0] != "--":
-        sys.stderr.write("usage: reaper.py -- COMMAND [ARG...]\n")
-        sys.exit(2)
-    command_argv = argv[1:]
-    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    global _subreaper
+    _subreaper = _prctl(PR_SET_CHILD_SUBREAPER, 1) and os.path.isdir("/proc")
     for sig in STOP_SIGNALS:
         signal.signal(sig, _on_signal)
     try:  # a spawn, not a fork: the command starts with the stop signals at their defaults
-        pid = os.posix_spawnp(command_argv[0], command_argv, os.environ, setsigdef=STOP_SIGNALS)
+        pid = os.posix_spawnp(command_argv[0], command_argv, environ, setsigdef=STOP_SIGNALS)
     except OSError as exc:
         sys.stderr.write(f"flotilla: cannot run {command_argv[0]!r}: {exc.strerror}\n")
         sys.stderr.flush()
-        os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
+        return (127 if isinstance(exc, FileNotFoundError) else 126) << 8, None
     status: list[int] = []
     try:
         _waiting = True
@@ -168,7 +169,104 @@ def main(argv: list[str]) -> None:
     finally:
         _waiting = False
     _end_leftovers(pid, status)
-    _exit_like(status[0] if status else None, _stopped[0] if _stopped else None)
+    return (status[0] if status else None), (_stopped[0] if _stopped else None)
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["--serve"] and len(argv) == 2:
+        serve(int(argv[1]))
+        return
+    if len(argv) < 2 or argv[0] != "--":
+        sys.stderr.write("usage: reaper.py -- COMMAND [ARG...]  |  reaper.py --serve FD\n")
+        sys.exit(2)
+    _exit_like(*_run(argv[1:], dict(os.environ)))
+
+
+# Serving: one long-lived process per Flotilla process forks a runner per command, because
+# starting this interpreter costs about 20 ms of CPU a command and a fork about one.
+# Protocol, over a Unix socket pair whose other end Flotilla holds (tasks/spawner.py): each
+# request is one byte carrying three descriptors, [connection, stdin, output]. The forked
+# runner reads {"argv", "cwd", "env"} as JSON from the connection until Flotilla shuts its
+# side, answers "pid N" once it leads a session of its own in `cwd` (or "error ERRNO" when it
+# cannot enter it), and "exit STATUS" or "signal N" when done, then ends the same way. The
+# server exits when Flotilla's end closes: its runners carry on like the one-shot ones do.
+
+
+def serve(control_fd: int) -> None:
+    import json  # noqa: F401 - imported once here, so each forked runner has it already
+    import socket
+
+    control = socket.socket(fileno=control_fd)
+    signal.signal(signal.SIGCHLD, _reap_runners)
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    while True:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(control, 1, 3)
+        except OSError:
+            return
+        if not data:
+            return
+        if len(fds) == 3 and os.fork() == 0:
+            try:
+                control.close()
+                _serve_one(*fds)
+            finally:
+                os._exit(125)
+        for fd in fds:
+            os.close(fd)
+
+
+def _reap_runners(_signum: int, _frame: object) -> None:
+    while True:
+        try:
+            pid, _code = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _serve_one(conn_fd: int, stdin_fd: int, output_fd: int) -> None:
+    """In the forked runner: take the request, run it as the one-shot runner would, report."""
+    import json
+    import socket
+
+    for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    os.setsid()
+    os.set_inheritable(conn_fd, False)  # descriptors that came in a message are inheritable
+    conn = socket.socket(fileno=conn_fd)
+    chunks = []
+    while chunk := conn.recv(1 << 16):
+        chunks.append(chunk)
+    request = json.loads(b"".join(chunks))
+    try:
+        os.chdir(request["cwd"])
+    except OSError as exc:
+        conn.sendall(f"error {exc.errno}\n".encode())
+        os._exit(126)
+    os.dup2(stdin_fd, 0)
+    os.dup2(output_fd, 1)
+    os.dup2(output_fd, 2)
+    os.close(stdin_fd)
+    os.close(output_fd)
+    os.environ.clear()  # posix_spawnp looks the command up on this process's own PATH
+    os.environ.update(request["env"])
+    conn.sendall(f"pid {os.getpid()}\n".encode())
+    code, stopped_by = _run(request["argv"], request["env"])
+    if code is not None and not os.WIFSIGNALED(code):
+        report = f"exit {os.waitstatus_to_exitcode(code)}"
+    else:
+        report = f"signal {os.WTERMSIG(code) if code is not None else stopped_by or signal.SIGTERM}"
+    if _subreaper:  # nothing the command started is left: Flotilla need not look for any
+        report += " clean"
+    try:  # noqa: SIM105 - as above
+        conn.sendall(f"{report}\n".encode())
+    except OSError:  # Flotilla is gone: end the same way all the same
+        pass
+    conn.close()
+    _exit_like(code, stopped_by)
 
 
 if __name__ == "__main__":
