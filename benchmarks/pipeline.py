@@ -103,7 +103,7 @@ def run_implement(ctx, max_concurrent: int, profile: bool = False, limits: bool 
     units = list(ctx.request.units)
     runner = ThreadPoolTaskRunner(max_workers=max_concurrent)
     server = _server_pid()
-    cpu_before, server_before = _cpu(), _proc_cpu(server)
+    cpu_before, server_before, runners_before = _cpu(), _proc_cpu(server), _runner_server_cpu()
     profiles: list[cProfile.Profile] = []
     main_thread = cProfile.Profile()
     if profile:
@@ -116,7 +116,7 @@ def run_implement(ctx, max_concurrent: int, profile: bool = False, limits: bool 
     if profile:
         main_thread.disable()
         threading.setprofile(None)
-    cpu_after, server_after = _cpu(), _proc_cpu(server)
+    cpu_after, server_after, runners_after = _cpu(), _proc_cpu(server), _runner_server_cpu()
     result = state.result(raise_on_failure=False)  # Failed when a unit failed
     failed = {
         u: r.error[:300] for u, r in result.records.items() if r.status != UnitStatus.SUCCEEDED
@@ -127,7 +127,7 @@ def run_implement(ctx, max_concurrent: int, profile: bool = False, limits: bool 
         "wall_s": wall,
         "cpu_s": {
             "flotilla_process": cpu_after[0] - cpu_before[0],
-            "child_processes": cpu_after[1] - cpu_before[1],
+            "child_processes": cpu_after[1] - cpu_before[1] + runners_after - runners_before,
             "prefect_server": server_after - server_before,
         },
         "steps_ms": {
@@ -189,14 +189,25 @@ def _server_pid() -> int | None:
     return None
 
 
-def _proc_cpu(pid: int | None) -> float:
+def _proc_cpu(pid: int | None, reaped: bool = False) -> float:
+    """CPU seconds of process `pid`, with those of the children it reaped when `reaped`."""
     if pid is None:
         return 0.0
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = sum(int(f) for f in fields[11 : 15 if reaped else 13])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _runner_server_cpu() -> float:
+    """The reaper server and the runners it forked (tasks/spawner.py): not our children's
+    CPU in getrusage until the server exits, so read from /proc while it runs."""
+    from tasks import spawner
+
+    live = spawner._server
+    return _proc_cpu(live.process.pid, reaped=True) if live else 0.0
 
 
 def _step_times(flow_run_id, units: int) -> dict[str, float]:

@@ -42,6 +42,9 @@ import time
 PR_SET_CHILD_SUBREAPER = 36
 GRACE_S = 2.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# Python ignores SIGPIPE and SIGXFSZ; a command must not inherit that (`yes | head` would
+# complain of a broken pipe instead of ending quietly).
+DEFAULT_SIGNALS = (*STOP_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ)
 
 
 class _Stop(Exception):
@@ -148,8 +151,8 @@ def _run(command_argv: list[str], environ: dict[str, str]) -> tuple[int | None, 
     _subreaper = _prctl(PR_SET_CHILD_SUBREAPER, 1) and os.path.isdir("/proc")
     for sig in STOP_SIGNALS:
         signal.signal(sig, _on_signal)
-    try:  # a spawn, not a fork: the command starts with the stop signals at their defaults
-        pid = os.posix_spawnp(command_argv[0], command_argv, environ, setsigdef=STOP_SIGNALS)
+    try:  # a spawn, not a fork; the command starts with these signals at their defaults
+        pid = os.posix_spawnp(command_argv[0], command_argv, environ, setsigdef=DEFAULT_SIGNALS)
     except OSError as exc:
         sys.stderr.write(f"flotilla: cannot run {command_argv[0]!r}: {exc.strerror}\n")
         sys.stderr.flush()

@@ -13,6 +13,8 @@ after a kill -9; runners already started carry on, as one-shot runners did.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import os
 import signal
@@ -109,6 +111,15 @@ class _Server:
 
 _lock = threading.Lock()
 _server: _Server | None = None
+
+
+@atexit.register
+def _stop_server() -> None:
+    """Close the server's socket and reap it, so its CPU is counted as this process's children's."""
+    if _server is not None and _server.owner == os.getpid():
+        _server.control.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            _server.process.wait(timeout=5)
 
 
 def spawn(argv: list[str], *, cwd: Path, env: dict[str, str], stdin: bool) -> Runner:
