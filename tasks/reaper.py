@@ -221,13 +221,7 @@ def serve(control_fd: int) -> None:
 
 
 def _reap_runners(_signum: int, _frame: object) -> None:
-    while True:
-        try:
-            pid, _code = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+    _reap(-1, [])  # the server has no command of its own: collect every runner that ended
 
 
 def _serve_one(conn_fd: int, stdin_fd: int, output_fd: int) -> None:
