@@ -1,8 +1,9 @@
 """Running a child process with a hard time limit, a chosen environment and redacted output.
 
 Prefect's `timeout_seconds` does not stop a subprocess, so agents and test commands go through
-here: each runs in its own session under `tasks/reaper.py`, which ends whatever the command
-leaves behind (even what left the session); at the limit the group gets SIGTERM, then SIGKILL.
+here: each runs in its own session under a runner (`tasks/reaper.py`, forked by this process's
+runner server in `tasks/spawner.py`), which ends whatever the command leaves behind (even what
+left the session); at the limit the group gets SIGTERM, then SIGKILL.
 The child's environment is exactly the one given (never Flotilla's own), and its output is
 redacted line by line before it reaches the log file or the caller.
 """
@@ -71,7 +72,7 @@ def run_process(
         reader = threading.Thread(target=_copy_output, args=(proc, tail, log), daemon=True)
         reader.start()
         timed_out = not _wait(proc, timeout_s, stop)
-        if timed_out or not proc.left_nothing:
+        if timed_out or not proc.left_nothing:  # a runner without prctl or /proc cannot tell
             kill_group(proc)
         reader.join(timeout=10)
         exit_code = None if timed_out else proc.returncode
