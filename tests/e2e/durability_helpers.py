@@ -150,8 +150,10 @@ def ledger_of(store: str, key: str) -> dict:
 
 
 def kill_leftovers(pids: list[int]) -> None:
-    """Never leave a process behind, whatever the test's outcome."""
+    """Never leave a process behind, whatever the test's outcome: an agent's whole group, its
+    runner included (an agent is not a group leader; its runner is)."""
     for pid in pids:
-        if process_alive(pid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            group = os.getpgid(pid)
+            if process_alive(pid) and group != os.getpgid(0):
+                os.killpg(group, signal.SIGKILL)
