@@ -13,6 +13,7 @@ from flotilla.spec import AgentSpec
 from tasks.agents import AgentInvocation, run_agent
 from tasks.checks import run_tests, test_env
 from tasks.store import ArtifactStore
+from tests.integration.procfs import alive
 
 CREDENTIALS = {
     "GITHUB_TOKEN": "gh-token-of-flotilla-1111",
@@ -167,14 +168,6 @@ sh -c 'sh -c "echo \\$\\$ > \\"$0/double.pid\\"; exec sleep 300" "$0" > /dev/nul
 while [ ! -s "$out/setsid.pid" ] || [ ! -s "$out/double.pid" ]; do sleep 0.05; done
 {tail}
 """
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def pids_of(outputs: Path) -> list[int]:

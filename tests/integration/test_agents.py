@@ -21,6 +21,7 @@ from tasks.agents import (
     detect_rate_limit,
     run_agent,
 )
+from tests.integration.procfs import alive
 
 RECORDER = Path(__file__).resolve().parents[1] / "fakes" / "recorder.py"
 PROMPT = "Add a greeting to hello.py.\nKeep 'quotes', \"doubles\" and $DOLLARS as they are.\n"
@@ -317,19 +318,6 @@ def test_unknown_placeholder_names_it_and_the_allowed_ones(inv: AgentInvocation)
 def test_literal_braces_are_written_doubled(inv: AgentInvocation) -> None:
     command = build_command(AgentSpec(command='echo "${{HOME}}" {unit}'), inv)
     assert command.shell == 'echo "${HOME}" add-greeting'
-
-
-def alive(pid: int) -> bool:
-    """True if `pid` runs; a zombie left for a PID 1 that never reaps counts as gone."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def test_timeout_kills_the_agent_and_its_background_children(inv: AgentInvocation) -> None:

@@ -17,26 +17,15 @@ import pytest
 from flotilla.environment import basic_env
 from tasks import spawner
 from tasks.processes import run_process
+from tests.integration.procfs import alive, children_of
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def parent_of(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
 def environ_of(pid: int) -> str:
     return Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def wait_until(condition, timeout_s: float = 10.0) -> bool:
@@ -156,18 +145,6 @@ def test_the_server_ends_with_its_flotilla_process_even_after_kill_9(tmp_path: P
 def runners_of(server: int) -> list[int]:
     """The server's live children (a runner that ended may wait a moment to be reaped)."""
     return [pid for pid in children_of(server) if alive(pid)]
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if parent_of(int(entry)) == pid:
-                    found.append(int(entry))
-            except (OSError, IndexError):
-                continue
-    return found
 
 
 def test_a_server_that_cannot_start_is_an_error_that_says_where_to_look(
