@@ -124,24 +124,26 @@ def _end_leftovers(command: int, status: list[int]) -> None:
         time.sleep(0.02)
 
 
-def _exit_like(code: int | None, stopped_by: int | None) -> None:
+def _ending(code: int | None, stopped_by: int | None) -> tuple[str, int]:
+    """How the command ended, from its wait status (None if it was stopped first):
+    ("exit", its exit code) or ("signal", the signal it died of, or was stopped by)."""
+    if code is not None and not os.WIFSIGNALED(code):
+        return "exit", os.waitstatus_to_exitcode(code)
+    return "signal", os.WTERMSIG(code) if code is not None else stopped_by or signal.SIGTERM
+
+
+def _end_as(how: str, value: int) -> None:
     """Exit as the command did: its exit code, or death by its signal."""
-    sig = None
-    if code is not None and os.WIFSIGNALED(code):
-        sig = os.WTERMSIG(code)
-    elif code is None:
-        sig = stopped_by or signal.SIGTERM
-    if sig is not None:
+    if how == "signal":
         try:  # noqa: SIM105 - as above
-            signal.signal(sig, signal.SIG_DFL)
+            signal.signal(value, signal.SIG_DFL)
         except (OSError, ValueError):  # SIGKILL cannot be caught anyway
             pass
-        os.kill(os.getpid(), sig)
+        os.kill(os.getpid(), value)
         time.sleep(1)
-        os._exit(128 + sig)
-    assert code is not None
+        os._exit(128 + value)
     sys.stderr.flush()
-    os._exit(os.waitstatus_to_exitcode(code))  # not sys.exit: a forked runner must not unwind
+    os._exit(value)  # not sys.exit: a forked runner must not unwind
 
 
 def _run(command_argv: list[str], environ: dict[str, str]) -> tuple[int | None, int | None]:
@@ -182,7 +184,7 @@ def main(argv: list[str]) -> None:
     if len(argv) < 2 or argv[0] != "--":
         sys.stderr.write("usage: reaper.py -- COMMAND [ARG...]  |  reaper.py --serve FD\n")
         sys.exit(2)
-    _exit_like(*_run(argv[1:], dict(os.environ)))
+    _end_as(*_ending(*_run(argv[1:], dict(os.environ))))
 
 
 # Serving: one long-lived process per Flotilla process forks a runner per command, because
@@ -251,11 +253,8 @@ def _serve_one(conn_fd: int, stdin_fd: int, output_fd: int) -> None:
     os.environ.clear()  # posix_spawnp looks the command up on this process's own PATH
     os.environ.update(request["env"])
     conn.sendall(f"pid {os.getpid()}\n".encode())
-    code, stopped_by = _run(request["argv"], request["env"])
-    if code is not None and not os.WIFSIGNALED(code):
-        report = f"exit {os.waitstatus_to_exitcode(code)}"
-    else:
-        report = f"signal {os.WTERMSIG(code) if code is not None else stopped_by or signal.SIGTERM}"
+    how, value = _ending(*_run(request["argv"], request["env"]))
+    report = f"{how} {value}"
     if _subreaper:  # nothing the command started is left: Flotilla need not look for any
         report += " clean"
     try:  # noqa: SIM105 - as above
@@ -263,7 +262,7 @@ def _serve_one(conn_fd: int, stdin_fd: int, output_fd: int) -> None:
     except OSError:  # Flotilla is gone: end the same way all the same
         pass
     conn.close()
-    _exit_like(code, stopped_by)
+    _end_as(how, value)
 
 
 if __name__ == "__main__":

@@ -76,8 +76,9 @@ class Runner:
         except TimeoutError:
             raise subprocess.TimeoutExpired(f"runner {self.pid}", timeout or 0) from None
         self._lines.conn.close()
-        how, value, *rest = [*line.split(" "), "0"]
-        self.left_nothing = rest[:1] == ["clean"]
+        how, _, rest = line.partition(" ")  # "exit N", "signal N", either + " clean"; or ""
+        value, _, flag = rest.partition(" ")
+        self.left_nothing = flag == "clean"
         if how == "exit":
             self.returncode = int(value)
         elif how == "signal":
