@@ -53,6 +53,7 @@ from deployments.local import (
     stop_all,
     unit_flow_runs,
 )
+from deployments.warm_engine import servers_of
 
 RESULTS = ROOT / "benchmarks" / "results" / "scaleout.json"
 HEADING = "## Scale-out and Postgres"
@@ -120,7 +121,7 @@ def pool_run(server: Server, root: Path, units: int, workers: int) -> dict:
     log = root / "orchestrator" / "run.log"
     try:
         _wait_online(server, [m.name for m in machines], [m / "worker.log" for m in machines])
-        cpu_before = [_tree_cpu(p.pid) for p in procs]
+        cpu_before = [_worker_cpu(p.pid) for p in procs]
         server_before, postgres_before = _tree_cpu(server.pid), _postgres_cpu()
         offset = server.log.stat().st_size
         started, kids = time.monotonic(), _children_cpu()
@@ -133,7 +134,7 @@ def pool_run(server: Server, root: Path, units: int, workers: int) -> dict:
         )
         code = run.wait(timeout=3600)
         wall, orchestrator_cpu = time.monotonic() - started, _children_cpu() - kids
-        worker_cpu = sum(_tree_cpu(p.pid) - b for p, b in zip(procs, cpu_before, strict=True))
+        worker_cpu = sum(_worker_cpu(p.pid) - b for p, b in zip(procs, cpu_before, strict=True))
         server_cpu = _tree_cpu(server.pid) - server_before
         postgres_cpu = _postgres_cpu() - postgres_before
     finally:
@@ -301,6 +302,12 @@ def _tree_cpu(pid: int) -> float:
     except psutil.NoSuchProcess:
         return 0.0
     return _cpu_of(family)
+
+
+def _worker_cpu(pid: int) -> float:
+    """CPU seconds of a worker, what it started, and its engine server, whose forked flow runs
+    are outside the worker's own tree (deployments/warm_engine.py)."""
+    return _tree_cpu(pid) + sum(_tree_cpu(server) for server in servers_of(pid))
 
 
 def _postgres_cpu() -> float:
