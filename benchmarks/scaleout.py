@@ -409,11 +409,11 @@ def _scale_out_lines(s: dict, cpus: int) -> list[str]:
     lines += [
         "",
         f"Target: at least {TARGET_SPEEDUP}× with {last['workers']} workers: **{met}** "
-        f"({last['speedup']:.2f}×). Each flow run is a new Python process on its worker: "
-        f"importing the unit flow alone takes {s['import_s']:.1f} s on an idle machine, and a "
-        f"flow run costs its worker {cpu:.1f} s of CPU in all, so on {cpus} cores "
-        f"{s['units']} flow runs need at least {floor:.0f} s of CPU whatever the number of "
-        "workers.",
+        f"({last['speedup']:.2f}×). Each flow run is forked from its worker's engine server, "
+        f"which imports the unit flow once ({s['import_s']:.1f} s for a new Python process on "
+        f"an idle machine); a flow run costs its worker {cpu:.1f} s of CPU in all, the "
+        f"server's start included, so on {cpus} cores {s['units']} flow runs need at least "
+        f"{floor:.0f} s of CPU whatever the number of workers.",
     ]
     return lines
 

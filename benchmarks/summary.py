@@ -91,7 +91,8 @@ def rows(makespan: dict, scaleout: dict, merge: dict) -> list[tuple[str, str, st
             (
                 f"{databases['units']} no-op units through `flotilla run`, server on "
                 f"{db['database']}",
-                f"{db['wall_s']:.1f} s, {db['ms_per_unit']:.0f} ms/unit",
+                f"{db['wall_s']:.1f} s, {db['ms_per_unit']:.0f} ms/unit"
+                + (f" (exit {db['exit_code']})" if db.get("exit_code") else ""),
                 "",
                 scaleout.get("when", ""),
             )

@@ -180,7 +180,7 @@ def start_worker(
 ) -> subprocess.Popen:
     """`make worker` on one machine: a process worker of the pool, named after the machine,
     running at most `limit` flow runs at once and asking for work every second. Its `python` is
-    this one (the `unit` deployment's command is `python -m prefect.engine`) unless `extra` sets
+    this one (the `unit` deployment's command is `python -m deployments.warm_engine`) unless `extra` sets
     PATH."""
     env = machine_env(server, machine, {"PREFECT_WORKER_QUERY_SECONDS": "1", **(extra or {})})
     if "PATH" not in (extra or {}):

@@ -1,6 +1,8 @@
 """A unit flow run's engine, forked from an interpreter that has Prefect imported already.
 
-    python -m deployments.warm_engine [FLOW_RUN_ID]     the `unit` deployment's command
+    python -m deployments.warm_engine [FLOW_RUN_ID]       the `unit` deployment's command
+    python -m deployments.warm_engine --serve SOCKET WORKER_PID [ENGINE_MODULE]
+                                                          an engine server (the command starts it)
 
 A process worker starts a new interpreter for every flow run, and `python -m prefect.engine`
 spends about 1.9 s of CPU importing Prefect and Flotilla before the unit's first line: on a

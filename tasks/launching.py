@@ -334,10 +334,10 @@ class PoolLauncher:
 
 def never_started(state: State) -> str:
     """What to do about a unit flow run whose worker could not start it: most often the worker's
-    `python`, which the `unit` deployment's command (`python -m prefect.engine`) runs."""
+    `python`, which the `unit` deployment's command (`python -m deployments.warm_engine`) runs."""
     return (
         f"its flow run never started on a worker ({state.message or state.name}). A worker starts "
-        "each unit with `python -m prefect.engine`, using the `python` on its PATH: start "
+        "each unit with `python -m deployments.warm_engine`, using the `python` on its PATH: start "
         "workers with `make worker`, or with Flotilla's .venv active; the worker's log says more"
     )
 
