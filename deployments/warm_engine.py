@@ -39,6 +39,7 @@ import os
 import select
 import signal
 import socket
+import stat
 import struct
 import sys
 import time
@@ -75,11 +76,15 @@ def main(argv: list[str]) -> None:
     lasting = lasting_env(os.environ)
     owner = os.getppid()
     path = socket_path(lasting, owner)
-    for _attempt in range(2):  # a stale server leaves; its successor imports the new code
-        conn = _connect(path) or _started_server(path, owner, lasting)
-        if conn is None:
-            break
-        _run_warm(conn, argv)  # returns only when the server did not take the flow run
+    try:
+        if _private_folder(Path(path).parent):
+            for _attempt in range(2):  # a stale server leaves; its successor has the new code
+                conn = _connect(path) or _started_server(path, owner, lasting)
+                if conn is None:
+                    break
+                _run_warm(conn, argv)  # returns only when the server did not take the flow run
+    except OSError as exc:
+        sys.stderr.write(f"flotilla: no engine server ({exc}); starting the engine cold\n")
     _run_cold(argv)
 
 
@@ -91,9 +96,23 @@ def lasting_env(env: Mapping[str, str]) -> dict[str, str]:
 def socket_path(env: Mapping[str, str], owner: int) -> str:
     """Where the server for this worker, interpreter and environment listens."""
     key = json.dumps([sys.executable, owner, sorted(lasting_env(env).items())]).encode()
-    folder = Path(os.environ.get("TMPDIR", "/tmp")) / f"flotilla-engine-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
+    folder = Path(env.get("TMPDIR") or "/tmp") / f"flotilla-engine-{os.getuid()}"
     return str(folder / f"{hashlib.sha256(key).hexdigest()[:24]}.sock")
+
+
+def _private_folder(folder: Path) -> bool:
+    """Make the sockets' folder, and check that no other user can reach into it: the command
+    sends its environment, secrets included, to whatever listens there."""
+    folder.mkdir(mode=0o700, exist_ok=True)
+    found = os.lstat(folder)
+    if stat.S_ISDIR(found.st_mode) and found.st_uid == os.getuid() and not found.st_mode & 0o077:
+        return True
+    sys.stderr.write(
+        f"flotilla: {folder} is not a directory private to this user (owner uid "
+        f"{found.st_uid}, mode {stat.filemode(found.st_mode)}); starting the engine cold. "
+        "Remove it, or set TMPDIR to a private directory.\n"
+    )
+    return False
 
 
 def _log_path(path: str) -> str:
@@ -225,6 +244,8 @@ def serve(
     for name in (*WARM_MODULES, engine):
         importlib.import_module(name)
     sources = _sources()
+    if not _private_folder(Path(path).parent):
+        return None
     listener = _listen(path)
     if listener is None:
         return None
@@ -360,8 +381,8 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+        with open(f"/proc/{pid}/stat", "rb") as status:
+            return status.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except (OSError, IndexError):
         return True
 
@@ -430,8 +451,8 @@ def servers_of(owner: int) -> list[int]:
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
                 argv = cmdline.read().split(b"\0")
-            with open(f"/proc/{entry}/stat", "rb") as stat:
-                parent = int(stat.read().rsplit(b")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/stat", "rb") as status:
+                parent = int(status.read().rsplit(b")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue
         if b"deployments.warm_engine" in argv and b"--serve" in argv:
@@ -450,8 +471,8 @@ def _descendants(root: int) -> list[int]:
         return []
     for entry in entries:
         try:
-            with open(f"/proc/{entry}/stat", "rb") as stat:
-                parent = int(stat.read().rsplit(b")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/stat", "rb") as status:
+                parent = int(status.read().rsplit(b")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(parent, []).append(int(entry))

@@ -202,6 +202,20 @@ def test_the_server_ends_when_its_worker_does(tmp_path: Path) -> None:
     assert not Path(path).exists()
 
 
+def test_a_socket_folder_others_can_reach_is_not_used(worker: Worker, tmp_path: Path) -> None:
+    """The command sends its environment to the server: not through a folder anyone can enter."""
+    worker.env["TMPDIR"] = str(tmp_path)
+    worker.path = socket_path(worker.env, os.getpid())
+    folder = Path(worker.path).parent
+    folder.mkdir(mode=0o777)
+    folder.chmod(0o777)
+    command = worker.command()
+    _, err = command.communicate(timeout=120)
+    assert f"flotilla: {folder} is not a directory private to this user" in err
+    assert "Invalid flow run id" in err, "the engine ran cold"
+    assert list(folder.iterdir()) == [] and not servers_at(worker.path)
+
+
 def test_only_per_run_variables_leave_the_server_unchanged() -> None:
     env = {"PATH": "/usr/bin", "PREFECT_API_URL": "http://127.0.0.1:1/api"}
     same = socket_path(env, 42)
