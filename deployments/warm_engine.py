@@ -269,12 +269,12 @@ def serve(
                 conn.close()
                 continue
             fds, body = request
-            if _changed(sources):
+            if _changed(sources):  # gone from `path` first, so the command starts a successor
+                serving = _stop_serving(listener, path)
                 conn.sendall(b"stale\n")
                 conn.close()
                 for fd in fds:
                     os.close(fd)
-                serving = _stop_serving(listener, path)
                 continue
             pid = os.fork()
             if pid == 0:
