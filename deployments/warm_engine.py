@@ -46,6 +46,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from tasks.liveness import process_alive
+
 ROOT = Path(__file__).resolve().parents[1]
 PER_RUN_PREFIX = "PREFECT__"  # set by the worker for each flow run; not Prefect settings
 ANSWER_TIMEOUT_S = 10.0
@@ -143,7 +145,7 @@ def _started_server(path: str, owner: int, lasting: dict[str, str]) -> socket.so
     while time.monotonic() < deadline:
         if (conn := _connect(path)) is not None:
             return conn
-        if not _alive(server):  # it failed, or another server answered first
+        if not process_alive(server):  # it failed, or another server answered first
             return _connect(path)
         time.sleep(0.05)
     return None
@@ -260,7 +262,7 @@ def serve(
         if wake_r in ready:
             wake_r.recv(4096)
         _report_ended(engines)
-        if serving and not _alive(owner):
+        if serving and not process_alive(owner):
             serving = _stop_serving(listener, path)
         if serving and listener in ready:
             conn, _ = listener.accept()
@@ -370,21 +372,6 @@ def _report_ended(engines: dict[int, socket.socket]) -> None:
         with contextlib.suppress(OSError):
             conn.sendall(report.encode())
         conn.close()
-
-
-def _alive(pid: int) -> bool:
-    """True while `pid` runs; a zombie (its parent has not reaped it yet) has ended."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as status:
-            return status.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _sources() -> dict[str, int]:

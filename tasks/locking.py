@@ -27,7 +27,7 @@ from pydantic import BaseModel
 from flotilla.errors import RunLocked
 from flotilla.results import utcnow
 from flotilla.settings import get_settings
-from tasks.recovery import process_alive
+from tasks.liveness import process_alive
 from tasks.store import ArtifactStore, RunStore
 from tasks.store_faults import retry_budget
 

@@ -16,24 +16,8 @@ from pathlib import Path
 
 from flotilla.errors import GitError, RunError
 from flotilla.results import RunState, RunSummary, UnitRecord, UnitStatus
+from tasks.liveness import process_alive
 from tasks.workspace import Workspace
-
-
-def process_alive(pid: int) -> bool:
-    """Whether `pid` names a live (non-zombie) process on this machine."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"
 
 
 def check_not_running(summary: RunSummary, force: bool = False) -> bool:

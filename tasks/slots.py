@@ -35,7 +35,7 @@ import httpx
 from pydantic import BaseModel, Field
 
 from flotilla.results import utcnow
-from tasks.recovery import process_alive
+from tasks.liveness import process_alive
 from tasks.resources import TAG_PREFIX, tag_for
 
 LEASE_S = 60.0  # the shortest lease the server grants; a dead orchestrator's slots expire soon

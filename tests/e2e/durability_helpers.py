@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from flotilla.cli import main
-from tasks.recovery import process_alive
+from tasks.liveness import process_alive
 from tasks.store import ArtifactStore, RunStore
 
 AGENT = Path(__file__).with_name("durable_agents.py")

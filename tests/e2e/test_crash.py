@@ -17,7 +17,7 @@ from prefect import get_client
 from prefect.client.schemas.objects import StateType
 
 from flotilla.results import RunState, RunSummary, UnitStatus
-from tasks.recovery import process_alive
+from tasks.liveness import process_alive
 from tasks.store import ArtifactStore, RunStore
 from tests.e2e.durability_helpers import (
     cli,
