@@ -264,20 +264,21 @@ def serve(
         _report_ended(engines)
         if serving and not process_alive(owner):
             serving = _stop_serving(listener, path)
-        if serving and listener in ready:
+        if not serving or listener not in ready:
+            continue
+        try:
             conn, _ = listener.accept()
-            request = _receive(conn)
-            if request is None:
-                conn.close()
-                continue
-            fds, body = request
-            if _changed(sources):  # gone from `path` first, so the command starts a successor
-                serving = _stop_serving(listener, path)
-                conn.sendall(b"stale\n")
-                conn.close()
-                for fd in fds:
-                    os.close(fd)
-                continue
+        except OSError:  # the command gave up before it was accepted
+            continue
+        request = _receive(conn)
+        if request is None:
+            conn.close()
+            continue
+        fds, body = request
+        if _changed(sources):  # gone from `path` first, so the command starts a successor
+            serving = _stop_serving(listener, path)
+            answer = "stale"
+        else:
             pid = os.fork()
             if pid == 0:
                 signal.set_wakeup_fd(-1)
@@ -285,10 +286,14 @@ def serve(
                 for other in [listener, wake_r, wake_w, *engines.values()]:
                     other.close()
                 return conn, fds, body
-            for fd in fds:
-                os.close(fd)
-            conn.sendall(f"pid {pid}\n".encode())
             engines[pid] = conn
+            answer = f"pid {pid}"
+        for fd in fds:
+            os.close(fd)
+        with contextlib.suppress(OSError):  # a command that died meanwhile: its engine follows
+            conn.sendall(f"{answer}\n".encode())
+        if answer == "stale":
+            conn.close()
     return None
 
 
@@ -424,9 +429,13 @@ def _die_with_command(conn: socket.socket) -> None:
             pass
     except OSError:
         pass
-    for pid in _descendants(os.getpid()):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    for _round in range(20):  # again, for any the engine started while the last round ran
+        victims = [pid for pid in _descendants(os.getpid()) if process_alive(pid)]
+        if not victims:
+            break
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     os.killpg(0, signal.SIGKILL)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -19,7 +21,7 @@ import psutil
 import pytest
 
 from deployments.warm_engine import servers_of, socket_path
-from tests.integration.procfs import alive
+from tests.integration.procfs import alive, children_of
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 
@@ -138,6 +140,20 @@ def test_the_warm_engine_can_be_turned_off(worker: Worker) -> None:
     assert "Invalid flow run id" in err
     off = socket_path({**worker.env, "FLOTILLA_WARM_ENGINE": "0"}, os.getpid())
     assert not Path(off).exists() and not servers_at(off)
+
+
+def test_a_command_that_dies_before_its_answer_leaves_the_server_serving(worker: Worker) -> None:
+    server = worker.serve()
+    body = json.dumps({"argv": ["exit", "0"], "env": worker.env, "cwd": str(worker.cwd)}).encode()
+    with open(os.devnull, "rb") as null, socket.socket(socket.AF_UNIX) as hasty:
+        hasty.connect(worker.path)
+        socket.send_fds(hasty, [struct.pack("!Q", len(body))], [null.fileno()] * 3)
+        hasty.sendall(body)
+    # the engine it asked for ends (by itself, or on seeing the command gone); the server stays
+    assert wait_until(lambda: not [p for p in children_of(server.pid) if alive(p)], 30)
+    command = worker.command("report")
+    out, _ = command.communicate(timeout=30)
+    assert json.loads(out)["ppid"] == server.pid
 
 
 def test_without_a_server_the_command_starts_one_and_waits_for_it(worker: Worker) -> None:
