@@ -23,7 +23,8 @@ of the worker is then forked from it. Why it works this way:
   has changed: the command starts a successor, which imports the new code.
 - A server that dies while it starts (its log, next to its socket, says why) or takes longer
   than a cold start could (SERVER_START_S) leaves the command to run `python -m prefect.engine`
-  itself. FLOTILLA_WARM_ENGINE=0 does that always.
+  itself, as do other commands while it is still starting (`<socket>.starting` names it), so
+  that servers never pile up. FLOTILLA_WARM_ENGINE=0 runs every engine cold.
 
 Protocol over the server's Unix socket: the command sends an 8-byte length with its three
 descriptors, then that many bytes of JSON {argv, env, cwd}. The server answers "pid N" once the
@@ -139,16 +140,42 @@ def _connect(path: str) -> socket.socket | None:
 
 def _started_server(path: str, owner: int, lasting: dict[str, str]) -> socket.socket | None:
     """Start a server and connect to it once it listens: the flow run waits for the imports it
-    would otherwise do itself. None, to run cold, if the server dies or takes too long."""
+    would otherwise do itself. None, to run cold, if the server dies or takes too long, or if
+    another server is still starting (one slow to import must not have others pile up)."""
+    if (starting := _starting_server(path)) and process_alive(starting):
+        return None
     server = _start_server(path, owner, lasting)
+    _mark_starting(path, server)
     deadline = time.monotonic() + SERVER_START_S
-    while time.monotonic() < deadline:
-        if (conn := _connect(path)) is not None:
-            return conn
-        if not process_alive(server):  # it failed, or another server answered first
-            return _connect(path)
+    while (conn := _connect(path)) is None and process_alive(server):
+        if time.monotonic() > deadline:
+            return None  # still starting: the mark stays until it listens or dies
         time.sleep(0.05)
-    return None
+    if _starting_server(path) == server:  # it listens, or it failed (or lost to another)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{path}.starting")
+    return conn or _connect(path)
+
+
+def _starting_server(path: str) -> int:
+    """The pid of the server a command started that does not listen yet (0 if none)."""
+    try:
+        with open(f"{path}.starting", "rb") as marker:
+            return int(marker.read() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _mark_starting(path: str, server: int) -> None:
+    """Say that `server` is starting, until it listens (see _listen) or dies."""
+    written = f"{path}.starting.{os.getpid()}"
+    with open(written, "w") as marker:
+        marker.write(str(server))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(f"{path}.starting")  # a dead server's: checked alive before
+    with contextlib.suppress(FileExistsError):
+        os.link(written, f"{path}.starting")
+    os.unlink(written)
 
 
 def _start_server(path: str, owner: int, lasting: dict[str, str]) -> int:
@@ -311,6 +338,8 @@ def _listen(path: str) -> socket.socket | None:
         while True:
             try:
                 os.link(bound, path)
+                if _starting_server(path) == os.getpid():
+                    os.unlink(f"{path}.starting")
                 return listener
             except FileExistsError:
                 answer = _connect(path)

@@ -186,7 +186,12 @@ def test_resume_after_a_kill_keeps_the_finished_candidates(tmp_path):
     proc = start_orchestrator(args, {}, log)
     pids = [proc.pid]
     try:
-        wait_for("candidate 3 to start", pid_file.exists, proc=proc, log=log)
+        wait_for(
+            "candidate 3 to start",
+            lambda: pid_file.exists() and pid_file.read_text().strip(),
+            proc=proc,
+            log=log,
+        )  # written, not just made
         pids.append(int(pid_file.read_text()))
         wait_for("candidates 1 and 2", lambda: finished(1) and finished(2), proc=proc, log=log)
         os.kill(proc.pid, signal.SIGKILL)

@@ -288,7 +288,12 @@ def test_spend_survives_a_crash_of_the_orchestrator(tmp_path):
     proc = start_orchestrator(run_args(request, target, store, tmp_path / "work", "crash"), {}, log)
     pids = [proc.pid]
     try:
-        wait_for("the second round of `twice`", pid_file.exists, proc=proc, log=log)
+        wait_for(
+            "the second round of `twice`",
+            lambda: pid_file.exists() and pid_file.read_text().strip(),
+            proc=proc,
+            log=log,
+        )  # written, not just made
         pids.append(int(pid_file.read_text()))
         wait_for(
             "`paid` to finish",

@@ -166,6 +166,22 @@ def test_without_a_server_the_command_starts_one_and_waits_for_it(worker: Worker
     assert server.cpu_times().children_user > 0, "the engine was forked from the server"
 
 
+def test_while_a_server_is_still_starting_other_commands_run_cold(worker: Worker) -> None:
+    """One slow to import (a busy machine) must not have every new unit start another."""
+    slow = subprocess.Popen(["sleep", "60"])  # stands for the server that is still importing
+    try:
+        Path(worker.path).parent.mkdir(mode=0o700, exist_ok=True)
+        Path(f"{worker.path}.starting").write_text(str(slow.pid))
+        command = worker.command()
+        _, err = command.communicate(timeout=45)
+        assert "Invalid flow run id" in err, "the engine ran cold"
+        assert not servers_at(worker.path), "no second server was started"
+    finally:
+        slow.kill()
+        slow.wait()
+        Path(f"{worker.path}.starting").unlink(missing_ok=True)
+
+
 def test_a_server_that_cannot_start_leaves_the_command_to_run_cold_at_once(
     worker: Worker, tmp_path: Path
 ) -> None:
