@@ -145,6 +145,12 @@ def wait_for(
         time.sleep(0.1)
 
 
+def wait_for_pid(what: str, pid_file: Path, proc=None, log=None) -> int:
+    """The pid an agent writes to `pid_file` once it has started: written, not just created."""
+    wait_for(what, lambda: pid_file.exists() and pid_file.read_text().strip(), proc=proc, log=log)
+    return int(pid_file.read_text())
+
+
 def ledger_of(store: str, key: str) -> dict:
     return RunStore(ArtifactStore(store), key).read_ledger()
 

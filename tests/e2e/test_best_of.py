@@ -163,7 +163,12 @@ def test_first_pass_stops_the_slow_candidates(tmp_path):
 
 def test_resume_after_a_kill_keeps_the_finished_candidates(tmp_path):
     from tasks.recovery import process_alive
-    from tests.e2e.durability_helpers import kill_leftovers, start_orchestrator, wait_for
+    from tests.e2e.durability_helpers import (
+        kill_leftovers,
+        start_orchestrator,
+        wait_for,
+        wait_for_pid,
+    )
 
     markers, hold, pid_file = tmp_path / "markers", tmp_path / "hold", tmp_path / "agent.pid"
     hold.touch()
@@ -186,13 +191,7 @@ def test_resume_after_a_kill_keeps_the_finished_candidates(tmp_path):
     proc = start_orchestrator(args, {}, log)
     pids = [proc.pid]
     try:
-        wait_for(
-            "candidate 3 to start",
-            lambda: pid_file.exists() and pid_file.read_text().strip(),
-            proc=proc,
-            log=log,
-        )  # written, not just made
-        pids.append(int(pid_file.read_text()))
+        pids.append(wait_for_pid("candidate 3 to start", pid_file, proc=proc, log=log))
         wait_for("candidates 1 and 2", lambda: finished(1) and finished(2), proc=proc, log=log)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()

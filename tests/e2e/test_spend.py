@@ -264,7 +264,12 @@ def test_a_planner_on_the_claude_preset_counts_and_its_json_answer_is_the_plan(
 def test_spend_survives_a_crash_of_the_orchestrator(tmp_path):
     """kill -9 while a unit's second round runs: after `flotilla resume` the ledger still has the
     first round's spend, then the new rounds' - and the finished unit is not charged again."""
-    from tests.e2e.durability_helpers import kill_leftovers, start_orchestrator, wait_for
+    from tests.e2e.durability_helpers import (
+        kill_leftovers,
+        start_orchestrator,
+        wait_for,
+        wait_for_pid,
+    )
 
     target = make_target(tmp_path / "target")
     markers, store = tmp_path / "markers", str(tmp_path / "store")
@@ -288,13 +293,7 @@ def test_spend_survives_a_crash_of_the_orchestrator(tmp_path):
     proc = start_orchestrator(run_args(request, target, store, tmp_path / "work", "crash"), {}, log)
     pids = [proc.pid]
     try:
-        wait_for(
-            "the second round of `twice`",
-            lambda: pid_file.exists() and pid_file.read_text().strip(),
-            proc=proc,
-            log=log,
-        )  # written, not just made
-        pids.append(int(pid_file.read_text()))
+        pids.append(wait_for_pid("the second round of `twice`", pid_file, proc=proc, log=log))
         wait_for(
             "`paid` to finish",
             lambda: ledger_of(store, "crash")["paid"].status == UnitStatus.SUCCEEDED,
