@@ -27,6 +27,7 @@ import httpx
 from flotilla.errors import ApiUnreachable
 from flotilla.results import RunState, UnitStatus, utcnow
 from flotilla.settings import get_settings
+from tasks.api_retries import say_client_retries
 from tasks.recovery import kill_orphans
 
 EXIT_API_UNREACHABLE = ApiUnreachable.exit_code
@@ -108,6 +109,7 @@ class RunGuard:
         if self.api_url:
             return
         self.api_url = api_url.rstrip("/")
+        say_client_retries(_say)  # a server that answers 503 for a minute is not unreachable
         threading.Thread(target=self._watch_api, name="flotilla-api-watch", daemon=True).start()
 
     def api_reachable(self) -> bool:
