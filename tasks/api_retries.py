@@ -31,10 +31,18 @@ class ClientRetryNotice(logging.Filter):
     """On Prefect's client logger: turns its DEBUG line about a retry into one line for people,
     and lets through exactly what the logger let through before."""
 
-    def __init__(self, say: Callable[[str], None], shown_from: int):
+    def __init__(self, say: Callable[[str], None], logger: logging.Logger):
         super().__init__()
-        self.say, self.shown_from = say, shown_from
+        self.say, self.logger = say, logger
+        self.own_level = logger.level  # restored by `remove`
+        self.shown_from = logger.getEffectiveLevel()
         self.said_at = float("-inf")
+
+    def remove(self) -> None:
+        """Leave the logger as it was (for a process that goes on after its run, such as a
+        test session)."""
+        self.logger.removeFilter(self)
+        self.logger.setLevel(self.own_level)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= self.shown_from:
@@ -53,12 +61,14 @@ class ClientRetryNotice(logging.Filter):
         return False
 
 
-def say_client_retries(say: Callable[[str], None]) -> None:
-    """Install the notice once per process. The client logger is opened to DEBUG so that its
-    retry lines reach the filter, which drops every record the old level would have dropped."""
+def say_client_retries(say: Callable[[str], None]) -> ClientRetryNotice | None:
+    """Install the notice (once per process: None if one is there). The client logger is opened
+    to DEBUG so that its retry lines reach the filter, which drops every record the old level
+    would have dropped. With the logger at DEBUG already, Prefect's own lines say it all."""
     logger = logging.getLogger(CLIENT_LOGGER)
     if any(isinstance(f, ClientRetryNotice) for f in logger.filters):
-        return
-    shown_from = logger.getEffectiveLevel()
-    logger.addFilter(ClientRetryNotice(say, shown_from))
-    logger.setLevel(min(shown_from, logging.DEBUG))
+        return None
+    notice = ClientRetryNotice(say, logger)
+    logger.addFilter(notice)
+    logger.setLevel(min(notice.shown_from, logging.DEBUG))
+    return notice

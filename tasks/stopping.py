@@ -27,7 +27,7 @@ import httpx
 from flotilla.errors import ApiUnreachable
 from flotilla.results import RunState, UnitStatus, utcnow
 from flotilla.settings import get_settings
-from tasks.api_retries import say_client_retries
+from tasks.api_retries import ClientRetryNotice, say_client_retries
 from tasks.recovery import kill_orphans
 
 EXIT_API_UNREACHABLE = ApiUnreachable.exit_code
@@ -49,6 +49,7 @@ class RunGuard:
         self.api_down_since: float | None = None
         self.api_was_down = False
         self._stopping = threading.Lock()
+        self._retry_notice: ClientRetryNotice | None = None
         self.done = False
 
     # -- signals ---------------------------------------------------------------------------
@@ -83,6 +84,8 @@ class RunGuard:
             signal.signal(signum, handler)
         with contextlib.suppress(OSError):
             self._wake.send(b"\0")  # wakes the signal watcher, which sees `done`
+        if self._retry_notice is not None:
+            self._retry_notice.remove()
         if _guard is self:
             _guard = None
 
@@ -109,7 +112,7 @@ class RunGuard:
         if self.api_url:
             return
         self.api_url = api_url.rstrip("/")
-        say_client_retries(_say)  # a server that answers 503 for a minute is not unreachable
+        self._retry_notice = say_client_retries(_say)  # 503 for a minute is not unreachable
         threading.Thread(target=self._watch_api, name="flotilla-api-watch", daemon=True).start()
 
     def api_reachable(self) -> bool:

@@ -61,13 +61,15 @@ def busy_server(request) -> Iterator[BusyServer]:
 def client_logger() -> Iterator[logging.Logger]:
     """Prefect's client logger without any notice installed, as it was again afterwards."""
     logger = logging.getLogger(CLIENT_LOGGER)
-    level, filters = logger.level, list(logger.filters)
-    for f in filters:
+    for f in list(logger.filters):
         if isinstance(f, ClientRetryNotice):
-            logger.removeFilter(f)
+            f.remove()
+    level, filters = logger.level, list(logger.filters)
     yield logger
-    logger.setLevel(level)
-    logger.filters[:] = filters
+    for f in list(logger.filters):
+        if isinstance(f, ClientRetryNotice):
+            f.remove()
+    assert (logger.level, logger.filters) == (level, filters)  # `remove` restores it all
 
 
 def read_flow_run(url: str) -> int:
@@ -80,7 +82,8 @@ def test_the_second_wait_of_a_request_is_said_and_the_first_is_not(
     busy_server: BusyServer, client_logger: logging.Logger
 ) -> None:
     said: list[str] = []
-    say_client_retries(said.append)
+    assert say_client_retries(said.append) is not None
+    assert say_client_retries(said.append) is None  # once per process
 
     assert read_flow_run(busy_server.url) == 200  # after waits of 2 and 4 s
 
@@ -110,12 +113,14 @@ def test_the_client_logger_shows_what_it_showed_before(client_logger: logging.Lo
 def test_a_run_says_it_on_stderr(
     busy_server: BusyServer, client_logger: logging.Logger, capfd, tmp_path
 ) -> None:
-    guard = RunGuard("retries-1", str(tmp_path / "store"), str(tmp_path / "work"))
+    level = client_logger.level
+    guard = RunGuard("retries-1", str(tmp_path / "store"), str(tmp_path / "work")).install()
     guard.watch_api(busy_server.url)  # what `flotilla run` does once it knows its API
     try:
         assert read_flow_run(busy_server.url) == 200
     finally:
-        guard.done = True  # the watcher thread ends
+        guard.uninstall()  # the command is over: the watchers end, the logger is as it was
+    assert client_logger.level == level
 
     err = capfd.readouterr().err
     assert (
