@@ -31,6 +31,10 @@ def wait_until(what: str, check: Callable[[], bool], limit_s: float, logs: list[
     deadline = time.monotonic() + limit_s
     while not check():
         if time.monotonic() > deadline:
-            shown = "\n".join(f"--- {p}\n{p.read_text()[-4000:]}" for p in logs if p.exists())
-            raise AssertionError(f"timed out waiting for {what}\n{shown}")
+            raise AssertionError(f"timed out waiting for {what}\n{tails(logs)}")
         time.sleep(0.3)
+
+
+def tails(logs: list[Path]) -> str:
+    """The end of each log (orchestrator, workers): what a failed pool test shows."""
+    return "\n".join(f"--- {p}\n{p.read_text()[-4000:]}" for p in logs if p.exists())

@@ -41,7 +41,7 @@ from flotilla.results import UnitStatus
 from tasks.launching import ZOMBIE_AUTOMATION
 from tasks.store import ArtifactStore, RunStore
 from tests.e2e.helpers import git, make_target, timeline_of, write_request
-from tests.e2e.pool_helpers import kill_machine, wait_until
+from tests.e2e.pool_helpers import kill_machine, tails, wait_until
 
 DEFAULT_WORKFLOW = Path(__file__).parents[2] / "flotilla" / "default_workflow.yaml"
 RUN_KEY = "pooled"
@@ -152,7 +152,7 @@ def test_units_run_on_pool_workers_a_killed_orchestrator_resumes_and_retry_works
         wait_until("parser started", lambda: "start parser " in timeline.read_text(), 240, logs)
         with timeline.open("a") as log:
             log.write(f"start release {time.time():.6f}\n")
-        assert resumed.wait(timeout=300) == 0, resume_log.read_text()
+        assert resumed.wait(timeout=300) == 0, tails(logs)  # the workers' logs too
         after_resume = starts_in(timeline)
 
         retry_log = tmp_path / "orchestrator" / "retry.log"
