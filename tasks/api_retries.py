@@ -53,10 +53,15 @@ class ClientRetryNotice(logging.Filter):
         now = time.monotonic()
         if now - self.said_at >= SAY_EVERY_S:
             self.said_at = now
+            why = (
+                "; a SQLite-backed server answers 503 while its database is locked"
+                if match["status"] == "503"
+                else ""
+            )
             self.say(
                 f"Prefect API answered HTTP {match['status']}; Prefect's client tries again in "
-                f"{float(match['wait']):.0f} s (attempt {match['attempt']} of {match['tries']}; "
-                "a SQLite-backed server answers 503 while its database is locked)."
+                f"{float(match['wait']):.0f} s (attempt {match['attempt']} of {match['tries']}"
+                f"{why})."
             )
         return False
 

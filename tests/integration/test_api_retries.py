@@ -21,11 +21,11 @@ from tasks.stopping import RunGuard
 
 class BusyServer(ThreadingHTTPServer):
     """Like a Prefect server whose database is locked: `/api/health` answers 200 at once, any
-    other request 503 `busy` times, then 200."""
+    other request `status` (503) `busy` times, then 200."""
 
-    def __init__(self, busy: int):
+    def __init__(self, busy: int, status: int = 503):
         super().__init__(("127.0.0.1", 0), HealthHandler)
-        self.busy = busy
+        self.busy, self.status = busy, status
         self.url = f"http://127.0.0.1:{self.server_address[1]}/api"
 
 
@@ -35,8 +35,8 @@ class HealthHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         code = 200
         if self.path != "/api/health" and self.server.busy > 0:
-            code, self.server.busy = 503, self.server.busy - 1
-        body = b'{"detail": "database is locked"}' if code == 503 else b"true"
+            code, self.server.busy = self.server.status, self.server.busy - 1
+        body = b'{"detail": "database is locked"}' if code != 200 else b"true"
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -49,7 +49,7 @@ class HealthHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def busy_server(request) -> Iterator[BusyServer]:
-    server = BusyServer(request.param)
+    server = BusyServer(*request.param)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     with temporary_settings({PREFECT_CLIENT_RETRY_JITTER_FACTOR: 0}):  # waits of exactly 2, 4 s
         yield server
@@ -77,7 +77,7 @@ def read_flow_run(url: str) -> int:
         return client.get("/flow_runs/5f0c9b0e-0000-4000-8000-000000000000").status_code
 
 
-@pytest.mark.parametrize("busy_server", [2], indirect=True)
+@pytest.mark.parametrize("busy_server", [(2,)], indirect=True)
 def test_the_second_wait_of_a_request_is_said_and_the_first_is_not(
     busy_server: BusyServer, client_logger: logging.Logger
 ) -> None:
@@ -109,7 +109,7 @@ def test_the_client_logger_shows_what_it_showed_before(client_logger: logging.Lo
     assert shown == ["a line at the level it showed before"]
 
 
-@pytest.mark.parametrize("busy_server", [2], indirect=True)
+@pytest.mark.parametrize("busy_server", [(2,)], indirect=True)
 def test_a_run_says_it_on_stderr(
     busy_server: BusyServer, client_logger: logging.Logger, capfd, tmp_path
 ) -> None:
@@ -127,3 +127,17 @@ def test_a_run_says_it_on_stderr(
         "Prefect API answered HTTP 503; Prefect's client tries again in 4 s (attempt 2 of 6" in err
     )
     assert "unreachable" not in err  # its /health answered all along
+
+
+@pytest.mark.parametrize("busy_server", [(2, 502)], indirect=True)
+def test_another_retried_answer_is_said_without_the_sqlite_hint(
+    busy_server: BusyServer, client_logger: logging.Logger
+) -> None:
+    said: list[str] = []
+    say_client_retries(said.append)
+
+    assert read_flow_run(busy_server.url) == 200
+
+    assert said == [
+        "Prefect API answered HTTP 502; Prefect's client tries again in 4 s (attempt 2 of 6)."
+    ]
