@@ -3,11 +3,11 @@ without a word.
 
 Prefect's HTTP client retries a request the server answered 503 (a SQLite-backed server whose
 database is locked), 502, 408 or 429, after about 2, 4, 8, 16 and 32 s (or the server's
-Retry-After), and logs each wait only at DEBUG. A run of many units whose requests meet a locked database can stand still for a minute
-that way while `/health` still answers, so the run's API watcher (tasks/stopping.py) sees nothing
-wrong. From the second wait of a request on (4 s and more), one line on stderr says which answer
-the client got and how long it waits; the first, 2 s wait stays quiet, as it is common on SQLite
-and over at once.
+Retry-After), and logs each wait only at DEBUG. A run of many units whose requests meet a locked
+database can stand still for a minute that way while `/health` still answers, so the run's API
+watcher (tasks/stopping.py) sees nothing wrong. From the second wait of a request on (4 s and
+more), one line on stderr says which answer the client got and how long it waits; the first, 2 s
+wait stays quiet, as it is common on SQLite and over at once.
 """
 
 from __future__ import annotations
