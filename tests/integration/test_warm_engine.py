@@ -149,11 +149,12 @@ def test_a_command_that_dies_before_its_answer_leaves_the_server_serving(worker:
         hasty.connect(worker.path)
         socket.send_fds(hasty, [struct.pack("!Q", len(body))], [null.fileno()] * 3)
         hasty.sendall(body)
-    # the engine it asked for ends (by itself, or on seeing the command gone); the server stays
-    assert wait_until(lambda: not [p for p in children_of(server.pid) if alive(p)], 30)
+    # the server takes connections in order: once it has served this one, it forked the hasty one's
     command = worker.command("report")
     out, _ = command.communicate(timeout=30)
-    assert json.loads(out)["ppid"] == server.pid
+    assert json.loads(out)["ppid"] == server.pid, "the server still serves"
+    # the engine the hasty one asked for ends (by itself, or on seeing the command gone)
+    assert wait_until(lambda: not [p for p in children_of(server.pid) if alive(p)], 30)
 
 
 def test_without_a_server_the_command_starts_one_and_waits_for_it(worker: Worker) -> None:
