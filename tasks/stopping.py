@@ -14,6 +14,7 @@ verdict is already in the ledger, written atomically, so nothing is lost but the
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -50,6 +51,7 @@ class RunGuard:
         self.api_was_down = False
         self._stopping = threading.Lock()
         self._retry_notice: ClientRetryNotice | None = None
+        self._log_errors_said = logging.raiseExceptions
         self.done = False
 
     # -- signals ---------------------------------------------------------------------------
@@ -86,6 +88,7 @@ class RunGuard:
             self._wake.send(b"\0")  # wakes the signal watcher, which sees `done`
         if self._retry_notice is not None:
             self._retry_notice.remove()
+        self._quiet_prefect_log_errors(False)
         if _guard is self:
             _guard = None
 
@@ -133,10 +136,12 @@ class RunGuard:
                     _say(
                         f"Prefect API at {self.api_url} is back after {now - self.api_down_since:.0f} s."
                     )
+                    self._quiet_prefect_log_errors(False)
                 self.api_down_since = None
                 continue
             if self.api_down_since is None:
                 self.api_down_since, self.api_was_down, said_at = now, True, now
+                self._quiet_prefect_log_errors(True)
                 _say(
                     f"Prefect API at {self.api_url} unreachable; waiting up to "
                     f"{self.api_wait_s:.0f} s for it to come back (units in flight carry on)."
@@ -147,6 +152,13 @@ class RunGuard:
             if now - said_at >= STATUS_EVERY_S:
                 said_at = now
                 _say(f"Still waiting for the Prefect API at {self.api_url} ({down:.0f} s).")
+
+    def _quiet_prefect_log_errors(self, quiet: bool) -> None:
+        """While the API is down, Prefect's log worker would write "--- Error logging to API ---"
+        and the error to stderr on every batch: nothing the guard does not say, and with no
+        newline, so it can end up glued to the front of the guard's last line. It writes only
+        while `logging.raiseExceptions` holds (as the standard library's handlers do)."""
+        logging.raiseExceptions = False if quiet else self._log_errors_said
 
     def stop_for_api(self) -> None:
         line = (
@@ -270,4 +282,5 @@ def _quietly(work) -> None:
 
 
 def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    sys.stderr.write(f"{line}\n")  # one write: no other thread's text between line and newline
+    sys.stderr.flush()
