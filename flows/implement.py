@@ -236,11 +236,12 @@ class UnitLoop:
             self.status[unit_id] = UnitStatus.RUNNING
             handle = self.launcher.launch(job, [unit_tag(unit_id)])
             self.running[handle] = (unit_id, handle)
-        if self.deferred and not self.running:
+        full = self.deferred - (self.slots.busy if self.slots is not None else set())
+        if full and not self.running:
             self.logger.info(
                 "Waiting for a free slot of class(es) %s: other runs on this Prefect server "
                 "hold them all.",
-                ", ".join(sorted(self.deferred)),
+                ", ".join(sorted(full)),
             )
         return reused
 

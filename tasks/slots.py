@@ -19,6 +19,13 @@ orchestrator stops renewing, and its leases only expire after their time-to-live
 - `active_slots` above the number of live leases is a slot held by no one: `reclaim` frees it;
 - a renewal answered 410 Gone (the server restarted) does not fail the unit: its slot is taken
   again, and the unit carries on.
+
+The scheduler asks for, gives back and renews slots on its own thread, between ticks, so none of
+those requests waits out Prefect's client back-off (2 s, then 4, 8...). A SQLite-backed server
+answers 503 at once when another write overtook a transaction's read (SQLITE_BUSY_SNAPSHOT);
+after such a *busy* answer (a 5xx, 429, or no answer) the request is simply made again on the
+next tick: the unit stays ready, the slot stays parked for release, the renewal stays due.
+Giving every slot back at the end of the stage does use the client's retries.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import httpx
 from pydantic import BaseModel, Field
 
 from flotilla.results import utcnow
+from tasks.api_retries import sent_once
 from tasks.liveness import process_alive
 from tasks.resources import TAG_PREFIX, tag_for
 
@@ -202,6 +210,7 @@ class RunSlots:
         self.renewed_at = time.monotonic()
         self.unleased: set[str] = set()  # units running whose lease was lost and not yet retaken
         self.parked: list[str] = []  # finished units whose slot the next unit may take over
+        self.busy: set[str] = set()  # classes whose last acquisition got a busy answer
 
     def try_acquire(self, resource_class: str, unit_id: str) -> bool:
         """One slot of the class on the server, now or never: False when the class is full."""
@@ -210,22 +219,24 @@ class RunSlots:
         if self._take_parked(resource_class, unit_id):
             return True
         holder_id = uuid.uuid4()
+        self.busy.discard(resource_class)
         try:
-            response = self.client.increment_concurrency_slots_with_lease(
-                names=[limit_name(resource_class)],
-                slots=1,
-                mode="concurrency",
-                lease_duration=LEASE_S,
-                holder=ConcurrencyLeaseHolder(type="task_run", id=holder_id),
-            )
-        except httpx.HTTPStatusError as exc:
-            if exc.response.status_code == 423:
-                return False
-            if exc.response.status_code < 500:
+            with sent_once():
+                response = self.client.increment_concurrency_slots_with_lease(
+                    names=[limit_name(resource_class)],
+                    slots=1,
+                    mode="concurrency",
+                    lease_duration=LEASE_S,
+                    holder=ConcurrencyLeaseHolder(type="task_run", id=holder_id),
+                )
+        except httpx.HTTPError as exc:
+            if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 423:
+                return False  # full: other runs hold the rest
+            if not is_busy(exc):
                 raise
-            return False  # the server is in trouble: try again on a later tick
-        except httpx.TransportError:
-            return False  # the API is away: the unit waits (tasks/stopping.py bounds the wait)
+            # busy, or the API is away (tasks/stopping.py bounds that wait): a later tick asks
+            self.busy.add(resource_class)
+            return False
         self.holder.slots[unit_id] = HeldSlot(
             lease_id=response.json()["lease_id"],
             holder_id=str(holder_id),
@@ -260,29 +271,38 @@ class RunSlots:
         return False
 
     def release_parked(self) -> None:
+        """Give back the slots no ready unit took; one the server was too busy to take back
+        stays parked for the next tick."""
         parked, self.parked = self.parked, []
         for unit_id in parked:
-            self.release(unit_id)
+            if not self.release(unit_id, at_once=True):
+                self.parked.append(unit_id)
 
-    def release(self, unit_id: str) -> None:
+    def release(self, unit_id: str, at_once: bool = False) -> bool:
+        """Give the unit's slot back; False only when `at_once` and the server was busy (the
+        slot is still held)."""
         if unit_id in self.parked:
             self.parked.remove(unit_id)
         self.unleased.discard(unit_id)
         slot = self.holder.slots.pop(unit_id, None)
         if slot is None:
-            return
+            return True
         try:
-            if not _release_lease(self.client, slot.lease_id):
-                free_unheld(self.client, slot.resource_class, most=1)  # server restarted
+            with sent_once() if at_once else contextlib.nullcontext():
+                if not _release_lease(self.client, slot.lease_id):
+                    free_unheld(self.client, slot.resource_class, most=1)  # server restarted
         except httpx.HTTPError as exc:
+            self.holder.slots[unit_id] = slot
+            if at_once and is_busy(exc):
+                return False
             self.logger.warning(
                 "Could not release the %s slot of unit %s (%s); the next run reclaims it.",
                 slot.resource_class,
                 unit_id,
                 exc,
             )
-            self.holder.slots[unit_id] = slot
         self.registry.write(self.holder)
+        return True
 
     def release_all(self) -> None:
         for unit_id in list(self.holder.slots):
@@ -302,11 +322,13 @@ class RunSlots:
 
     def _renew(self, due: bool, classes: dict[str, str]) -> None:
         if due:
-            self.renewed_at = time.monotonic()
             for unit_id, slot in list(self.holder.slots.items()):
                 try:
-                    self.client.renew_concurrency_lease(uuid.UUID(slot.lease_id), LEASE_S)
+                    with sent_once():
+                        self.client.renew_concurrency_lease(uuid.UUID(slot.lease_id), LEASE_S)
                 except httpx.HTTPStatusError as exc:
+                    if is_busy(exc):
+                        return  # still due: the next tick renews (a lease lasts LEASE_S)
                     if exc.response.status_code != 410:
                         raise
                     self.logger.warning(
@@ -318,9 +340,17 @@ class RunSlots:
                     del self.holder.slots[unit_id]
                     free_unheld(self.client, slot.resource_class, most=1)
                     self.unleased.add(unit_id)
+            self.renewed_at = time.monotonic()
         for unit_id in sorted(self.unleased):
             if unit_id in classes and self.try_acquire(classes[unit_id], unit_id):
                 self.unleased.discard(unit_id)
+
+
+def is_busy(exc: httpx.HTTPError) -> bool:
+    """An answer worth asking again soon: the server is busy (5xx, 429) or did not answer."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code >= 500 or exc.response.status_code == 429
+    return isinstance(exc, httpx.TransportError)
 
 
 def new_holder(run_key: str, flow_run_id: str, api_url: str) -> SlotHolder:
