@@ -24,7 +24,7 @@ from prefect.client.schemas.filters import (
     TaskRunFilter,
     TaskRunFilterTags,
 )
-from prefect.client.schemas.objects import FlowRun, TaskRun
+from prefect.client.schemas.objects import Artifact, FlowRun, TaskRun
 from prefect.concurrency.services import (
     ConcurrencySlotAcquisitionWithLeaseService as AcquisitionQueue,
 )
@@ -92,12 +92,16 @@ def task_runs_tagged(tag: str, expected: int) -> list[TaskRun]:
 
 
 def latest_artifact(key: str) -> str:
+    return latest_artifact_of(key).data
+
+
+def latest_artifact_of(key: str) -> Artifact:
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
         )
     assert found, f"no artifact with key {key!r}"
-    return max(found, key=lambda a: a.created).data
+    return max(found, key=lambda a: a.created)
 
 
 def test_runs_are_named_and_tagged_and_each_unit_shows_its_diff(tmp_path, capsys):
@@ -145,6 +149,11 @@ def test_runs_are_named_and_tagged_and_each_unit_shows_its_diff(tmp_path, capsys
     assert "tokenizer.txt | 2 ++" in diff
     assert "+++ b/tokenizer.txt" in diff and "+round\n+round" in diff
     assert "counts.txt | 1 +" in latest_artifact(f"{feature}-unit-counts")
+    unit_task_runs = {r.name: r.id for r in in_implement}
+    for unit in ("tokenizer", "counts"):  # sent in the background, still the unit's own
+        report_of = latest_artifact_of(f"{feature}-unit-{unit}")
+        assert report_of.task_run_id == unit_task_runs[f"{unit} · unit"], unit
+        assert report_of.flow_run_id == implement.id, unit
 
     # Links a reader can follow: commands that fetch from the store, no worker-local paths.
     report = latest_artifact(f"{feature}-unit-tokenizer")
