@@ -51,7 +51,7 @@ class RunGuard:
         self.api_was_down = False
         self._stopping = threading.Lock()
         self._retry_notice: ClientRetryNotice | None = None
-        self._log_errors_said = logging.raiseExceptions
+        self._raise_exceptions_before = logging.raiseExceptions
         self.done = False
 
     # -- signals ---------------------------------------------------------------------------
@@ -158,7 +158,7 @@ class RunGuard:
         and the error to stderr on every batch: nothing the guard does not say, and with no
         newline, so it can end up glued to the front of the guard's last line. It writes only
         while `logging.raiseExceptions` holds (as the standard library's handlers do)."""
-        logging.raiseExceptions = False if quiet else self._log_errors_said
+        logging.raiseExceptions = False if quiet else self._raise_exceptions_before
 
     def stop_for_api(self) -> None:
         line = (
