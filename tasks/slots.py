@@ -23,9 +23,11 @@ orchestrator stops renewing, and its leases only expire after their time-to-live
 The scheduler asks for, gives back and renews slots on its own thread, between ticks, so none of
 those requests waits out Prefect's client back-off (2 s, then 4, 8...). A SQLite-backed server
 answers 503 at once when another write overtook a transaction's read (SQLITE_BUSY_SNAPSHOT);
-after such a *busy* answer (a 5xx, 429, or no answer) the request is simply made again on the
-next tick: the unit stays ready, the slot stays parked for release, the renewal stays due.
-Giving every slot back at the end of the stage does use the client's retries.
+after such a *busy* answer (a 5xx, 429, or no answer) no slot request is made for BUSY_WAIT_S,
+and then the request is made again: the unit stays ready, the slot stays parked for release, the
+renewal stays due. The scheduler goes on meanwhile (units finish, parked slots pass from unit to
+unit), but it does not add writes to a database that is already contended. Giving every slot
+back at the end of the stage does use the client's retries.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from tasks.resources import TAG_PREFIX, tag_for
 
 LEASE_S = 60.0  # the shortest lease the server grants; a dead orchestrator's slots expire soon
 RENEW_EVERY_S = 15.0
+BUSY_WAIT_S = 1.0  # after a busy answer, no slot request for this long (the scheduler's tick)
 
 
 def limit_name(resource_class: str) -> str:
@@ -211,6 +214,7 @@ class RunSlots:
         self.unleased: set[str] = set()  # units running whose lease was lost and not yet retaken
         self.parked: list[str] = []  # finished units whose slot the next unit may take over
         self.busy: set[str] = set()  # classes whose last acquisition got a busy answer
+        self.quiet_until = 0.0  # after a busy answer: no slot request before this time
 
     def try_acquire(self, resource_class: str, unit_id: str) -> bool:
         """One slot of the class on the server, now or never: False when the class is full."""
@@ -218,6 +222,9 @@ class RunSlots:
 
         if self._take_parked(resource_class, unit_id):
             return True
+        if self.waiting_out_busy():
+            self.busy.add(resource_class)
+            return False
         holder_id = uuid.uuid4()
         self.busy.discard(resource_class)
         try:
@@ -236,6 +243,7 @@ class RunSlots:
                 raise
             # busy, or the API is away (tasks/stopping.py bounds that wait): a later tick asks
             self.busy.add(resource_class)
+            self.quiet_until = time.monotonic() + BUSY_WAIT_S
             return False
         self.holder.slots[unit_id] = HeldSlot(
             lease_id=response.json()["lease_id"],
@@ -287,6 +295,9 @@ class RunSlots:
         slot = self.holder.slots.pop(unit_id, None)
         if slot is None:
             return True
+        if at_once and self.waiting_out_busy():
+            self.holder.slots[unit_id] = slot
+            return False
         try:
             with sent_once() if at_once else contextlib.nullcontext():
                 if not _release_lease(self.client, slot.lease_id):
@@ -294,6 +305,7 @@ class RunSlots:
         except httpx.HTTPError as exc:
             self.holder.slots[unit_id] = slot
             if at_once and is_busy(exc):
+                self.quiet_until = time.monotonic() + BUSY_WAIT_S
                 return False
             self.logger.warning(
                 "Could not release the %s slot of unit %s (%s); the next run reclaims it.",
@@ -315,10 +327,17 @@ class RunSlots:
         running unit to its class."""
         if time.monotonic() - self.renewed_at < RENEW_EVERY_S and not self.unleased:
             return
-        # an API that is away is tried again next tick (tasks/stopping.py bounds the wait)
-        with contextlib.suppress(httpx.TransportError):
+        if self.waiting_out_busy():
+            return
+        try:
             self._renew(time.monotonic() - self.renewed_at >= RENEW_EVERY_S, classes)
+        except httpx.TransportError:  # the API is away (tasks/stopping.py bounds that wait)
+            self.quiet_until = time.monotonic() + BUSY_WAIT_S
         self.registry.write(self.holder)
+
+    def waiting_out_busy(self) -> bool:
+        """True for BUSY_WAIT_S after the server last answered a slot request busy."""
+        return time.monotonic() < self.quiet_until
 
     def _renew(self, due: bool, classes: dict[str, str]) -> None:
         if due:
@@ -327,8 +346,9 @@ class RunSlots:
                     with sent_once():
                         self.client.renew_concurrency_lease(uuid.UUID(slot.lease_id), LEASE_S)
                 except httpx.HTTPStatusError as exc:
-                    if is_busy(exc):
-                        return  # still due: the next tick renews (a lease lasts LEASE_S)
+                    if is_busy(exc):  # still due: renewed after BUSY_WAIT_S (a lease lasts LEASE_S)
+                        self.quiet_until = time.monotonic() + BUSY_WAIT_S
+                        return
                     if exc.response.status_code != 410:
                         raise
                     self.logger.warning(

@@ -1,6 +1,7 @@
 """The scheduler's slot requests never wait out Prefect's client back-off: a busy server (503, as
 SQLite answers when another write overtook a transaction) leaves the request for the next tick,
-so the scheduler's one thread never sleeps 2 s while units wait to start or to be counted done.
+so the scheduler's one thread never sleeps 2 s while units wait to start or to be counted done;
+until that tick it asks the server nothing more.
 
 The server here is a small local HTTP server speaking the three concurrency-lease endpoints; it
 answers 503 to the first requests it is told to, and counts every request it gets. The client is
@@ -110,8 +111,12 @@ def test_a_busy_answer_leaves_the_class_for_the_next_tick(slots: RunSlots, serve
     assert "u1" not in slots.holder.slots
     assert len(server.paths(INCREMENT)) == 1
 
-    assert slots.try_acquire("heavy", "u1")  # the next tick
-    assert slots.busy == set()
+    assert not slots.try_acquire("standard", "u2"), "no slot request while it waits out busy"
+    assert len(server.paths(INCREMENT)) == 1
+
+    slots.quiet_until = 0.0  # the next tick
+    assert slots.try_acquire("heavy", "u1")
+    assert slots.busy == {"standard"}, "refused while waiting out busy; heavy answered now"
     assert "u1" in slots.holder.slots
     assert len(server.paths(INCREMENT)) == 2
 
@@ -127,6 +132,10 @@ def test_a_parked_slot_the_server_is_too_busy_to_take_back_is_given_back_next_ti
     assert slots.parked == ["u1"] and "u1" in slots.holder.slots, "still held, still parked"
     assert SlotRegistry(tmp_path).path("busy-1").exists()
 
+    slots.release_parked()  # too soon: not asked again
+    assert len(server.paths(RELEASE)) == 1 and slots.parked == ["u1"]
+
+    slots.quiet_until = 0.0
     slots.release_parked()  # the next tick
     assert slots.parked == [] and slots.holder.slots == {}
     assert not SlotRegistry(tmp_path).path("busy-1").exists()
@@ -140,6 +149,9 @@ def test_a_renewal_the_server_is_too_busy_for_stays_due(slots: RunSlots, server:
 
     slots.keep_alive({"u1": "heavy"})
     assert len(server.paths("/renew")) == 1
+    slots.keep_alive({"u1": "heavy"})  # too soon: not asked again
+    assert len(server.paths("/renew")) == 1
+    slots.quiet_until = 0.0
     slots.keep_alive({"u1": "heavy"})  # the next tick: due still, and renewed
     assert len(server.paths("/renew")) == 2
     slots.keep_alive({"u1": "heavy"})  # renewed: not due for RENEW_EVERY_S
