@@ -243,7 +243,7 @@ class RunSlots:
                 raise
             # busy, or the API is away (tasks/stopping.py bounds that wait): a later tick asks
             self.busy.add(resource_class)
-            self.quiet_until = time.monotonic() + BUSY_WAIT_S
+            self._answered_busy()
             return False
         self.holder.slots[unit_id] = HeldSlot(
             lease_id=response.json()["lease_id"],
@@ -283,7 +283,7 @@ class RunSlots:
         stays parked for the next tick."""
         parked, self.parked = self.parked, []
         for unit_id in parked:
-            if not self.release(unit_id, at_once=True):
+            if self.waiting_out_busy() or not self.release(unit_id, at_once=True):
                 self.parked.append(unit_id)
 
     def release(self, unit_id: str, at_once: bool = False) -> bool:
@@ -295,9 +295,6 @@ class RunSlots:
         slot = self.holder.slots.pop(unit_id, None)
         if slot is None:
             return True
-        if at_once and self.waiting_out_busy():
-            self.holder.slots[unit_id] = slot
-            return False
         try:
             with sent_once() if at_once else contextlib.nullcontext():
                 if not _release_lease(self.client, slot.lease_id):
@@ -305,7 +302,7 @@ class RunSlots:
         except httpx.HTTPError as exc:
             self.holder.slots[unit_id] = slot
             if at_once and is_busy(exc):
-                self.quiet_until = time.monotonic() + BUSY_WAIT_S
+                self._answered_busy()
                 return False
             self.logger.warning(
                 "Could not release the %s slot of unit %s (%s); the next run reclaims it.",
@@ -332,8 +329,12 @@ class RunSlots:
         try:
             self._renew(time.monotonic() - self.renewed_at >= RENEW_EVERY_S, classes)
         except httpx.TransportError:  # the API is away (tasks/stopping.py bounds that wait)
-            self.quiet_until = time.monotonic() + BUSY_WAIT_S
+            self._answered_busy()
         self.registry.write(self.holder)
+
+    def _answered_busy(self) -> None:
+        """The server answered a slot request busy (or not at all): ask it nothing for a tick."""
+        self.quiet_until = time.monotonic() + BUSY_WAIT_S
 
     def waiting_out_busy(self) -> bool:
         """True for BUSY_WAIT_S after the server last answered a slot request busy."""
@@ -347,7 +348,7 @@ class RunSlots:
                         self.client.renew_concurrency_lease(uuid.UUID(slot.lease_id), LEASE_S)
                 except httpx.HTTPStatusError as exc:
                     if is_busy(exc):  # still due: renewed after BUSY_WAIT_S (a lease lasts LEASE_S)
-                        self.quiet_until = time.monotonic() + BUSY_WAIT_S
+                        self._answered_busy()
                         return
                     if exc.response.status_code != 410:
                         raise
