@@ -7,9 +7,7 @@ client is Prefect's own, with its own retries and waits (2 s, then 4 s)."""
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from prefect.client.base import PrefectHttpxSyncClient
@@ -17,44 +15,36 @@ from prefect.settings import PREFECT_CLIENT_RETRY_JITTER_FACTOR, temporary_setti
 
 from tasks.api_retries import CLIENT_LOGGER, ClientRetryNotice, say_client_retries
 from tasks.stopping import RunGuard
+from tests.integration.local_api import JsonHandler, LocalApi, serving
 
 
-class BusyServer(ThreadingHTTPServer):
+class BusyServer(LocalApi):
     """Like a Prefect server whose database is locked: `/api/health` answers 200 at once, any
     other request `status` (503) `busy` times, then 200."""
 
     def __init__(self, busy: int, status: int = 503):
-        super().__init__(("127.0.0.1", 0), HealthHandler)
+        super().__init__(HealthHandler)
         self.busy, self.status = busy, status
-        self.url = f"http://127.0.0.1:{self.server_address[1]}/api"
 
 
-class HealthHandler(BaseHTTPRequestHandler):
+class HealthHandler(JsonHandler):
     server: BusyServer
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        code = 200
         if self.path != "/api/health" and self.server.busy > 0:
-            code, self.server.busy = self.server.status, self.server.busy - 1
-        body = b'{"detail": "database is locked"}' if code != 200 else b"true"
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_args) -> None:
-        pass
+            self.server.busy -= 1
+            self.answer(self.server.status, {"detail": "database is locked"})
+        else:
+            self.answer(200, True)
 
 
 @pytest.fixture
 def busy_server(request) -> Iterator[BusyServer]:
-    server = BusyServer(*request.param)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    with temporary_settings({PREFECT_CLIENT_RETRY_JITTER_FACTOR: 0}):  # waits of exactly 2, 4 s
+    with (
+        serving(BusyServer(*request.param)) as server,
+        temporary_settings({PREFECT_CLIENT_RETRY_JITTER_FACTOR: 0}),  # waits of exactly 2, 4 s
+    ):
         yield server
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture

@@ -9,12 +9,9 @@ Prefect's own."""
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -24,17 +21,17 @@ from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_RETRY_JITTER_FACTOR
 
 from tasks.api_retries import sent_once
 from tasks.slots import LEASE_S, RunSlots, SlotRegistry, new_holder
+from tests.integration.local_api import JsonHandler, LocalApi, serving
 
 INCREMENT = "/api/v2/concurrency_limits/increment-with-lease"
 RELEASE = "/api/v2/concurrency_limits/decrement-with-lease"
 
 
-class LeaseServer(ThreadingHTTPServer):
+class LeaseServer(LocalApi):
     """Grants every lease asked for; answers 503 to the next `busy` requests to a path."""
 
     def __init__(self):
-        super().__init__(("127.0.0.1", 0), LeaseHandler)
-        self.url = f"http://127.0.0.1:{self.server_address[1]}/api"
+        super().__init__(LeaseHandler)
         self.busy: dict[str, int] = {}
         self.seen: list[str] = []
 
@@ -42,7 +39,7 @@ class LeaseServer(ThreadingHTTPServer):
         return [p for p in self.seen if p == kind or p.endswith(kind)]
 
 
-class LeaseHandler(BaseHTTPRequestHandler):
+class LeaseHandler(JsonHandler):
     server: LeaseServer
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
@@ -61,26 +58,14 @@ class LeaseHandler(BaseHTTPRequestHandler):
         else:
             self.answer(200, {})
 
-    def answer(self, code: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *_args) -> None:
-        pass
-
 
 @pytest.fixture
 def server() -> Iterator[LeaseServer]:
-    server = LeaseServer()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    with temporary_settings({PREFECT_API_URL: server.url, PREFECT_CLIENT_RETRY_JITTER_FACTOR: 0}):
+    with (
+        serving(LeaseServer()) as server,
+        temporary_settings({PREFECT_API_URL: server.url, PREFECT_CLIENT_RETRY_JITTER_FACTOR: 0}),
+    ):
         yield server
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture
