@@ -39,15 +39,17 @@ DB ?= sqlite
 PG_PORT ?= 5433
 # Flotilla's server settings (flotilla/server_settings.py), those the environment does not set.
 SERVER_SETTINGS = $$($(BIN)/python -m flotilla.server_settings)
+# `prefect server start` with one SQLAlchemy fix applied first (deployments/prefect_server.py).
+PREFECT_SERVER = $(BIN)/python -m deployments.prefect_server prefect server start
 
 server: $(BIN)/flotilla
 ifeq ($(DB),postgres)
 	PREFECT_API_DATABASE_CONNECTION_URL=$$($(BIN)/python -m deployments.postgres start --port $(PG_PORT)) \
 	  PREFECT_SERVER_UI_API_URL=$(UI_API_URL) env $(SERVER_SETTINGS) \
-	  $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+	  $(PREFECT_SERVER) --host 127.0.0.1 --port $(PREFECT_PORT)
 else
 	PREFECT_SERVER_UI_API_URL=$(UI_API_URL) env $(SERVER_SETTINGS) \
-	  $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+	  $(PREFECT_SERVER) --host 127.0.0.1 --port $(PREFECT_PORT)
 endif
 
 # The `flotilla` work pool, the zombie-run automation and the deployments of prefect.yaml.

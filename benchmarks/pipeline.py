@@ -23,6 +23,7 @@ from statistics import mean
 
 import yaml
 
+from deployments.prefect_server import start_temporary_servers_here
 from flotilla.server_settings import use_server_settings
 
 DEFAULT_WORKFLOW = Path(__file__).resolve().parents[1] / "flotilla" / "default_workflow.yaml"
@@ -32,6 +33,7 @@ STEPS = ("agent", "tests")  # the steps with task runs of their own: `<unit> · 
 @contextmanager
 def prefect_server() -> Iterator[None]:
     use_server_settings()
+    start_temporary_servers_here()
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 

@@ -27,6 +27,8 @@ from flotilla.server_settings import SERVER_SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
+# `prefect server start`, with the fix of deployments/prefect_server.py applied first.
+SERVER_START = [sys.executable, "-m", "deployments.prefect_server", "prefect", "server", "start"]
 POOL = "flotilla"
 
 
@@ -132,7 +134,7 @@ def prefect_server(
     log = home / "server.log"
     with log.open("w") as out:
         process = subprocess.Popen(
-            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            [*SERVER_START, "--host", "127.0.0.1", "--port", str(port)],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -11,12 +11,14 @@ import sys
 
 from commands import MODULES
 from commands.common import EXIT_BAD_INPUT
+from deployments.prefect_server import start_temporary_servers_here
 from flotilla.errors import FlotillaError, SpecError
 from flotilla.server_settings import use_server_settings
 
 
 def main(argv: list[str] | None = None) -> int:
     use_server_settings()  # for the temporary server a run starts when no API is set
+    start_temporary_servers_here()
     # Prefect's 20 s is too short for a temporary server on a busy machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     parser = build_parser()

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from deployments.prefect_server import start_temporary_servers_here
 from flotilla.server_settings import use_server_settings
 
 
@@ -16,6 +17,7 @@ def prefect_harness(tmp_path_factory) -> Iterator[None]:
     Flotilla keeps its slot holders there, and nothing may land in the user's ~/.prefect."""
     home = tmp_path_factory.mktemp("prefect-home")
     use_server_settings()
+    start_temporary_servers_here()
     os.environ["PREFECT_HOME"] = str(home)
     from prefect import flow
     from prefect.settings import (

@@ -1,4 +1,5 @@
-"""Real Prefect servers for end-to-end tests: `prefect server start` on a free loopback port with
+"""Real Prefect servers for end-to-end tests: `prefect server start` (deployments/local.py's
+`SERVER_START`) on a free loopback port with
 its own PREFECT_HOME, which a test can kill and start again on the same port and home (its
 SQLite database survives; its in-memory leases do not)."""
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from deployments.local import PREFECT, clean_env, free_port, stop
+from deployments.local import PREFECT, SERVER_START, clean_env, free_port, stop
 
 __all__ = ["PREFECT", "PrefectServer", "clean_env", "free_port", "prefect_server", "stop"]
 
@@ -35,7 +36,7 @@ class PrefectServer:
         log = self.tmp_path / f"server-{self.port}-{self.starts}.log"
         with log.open("w") as out:
             self.process = subprocess.Popen(
-                [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+                [*SERVER_START, "--host", "127.0.0.1", "--port", str(self.port)],
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -30,6 +30,8 @@ DOCS = ["docs/quickstart.md", "docs/operations.md"]
 # Programs outside this repository and Prefect, named in the guides for the reader's own setup.
 EXTERNAL = {"aws": "the AWS CLI, for a store on S3", "cp": "coreutils", "echo": "the shell"}
 INLINE_PROGRAMS = ("prefect ", "flotilla ", ".venv/bin/flotilla ", "make ", "python -m ")
+# Runs the command after it in a process of its own making; that command is what is checked.
+LAUNCHER = ["python", "-m", "deployments.prefect_server"]
 
 # Asks the installed Prefect CLI for the help of many commands in one process (it is slow to load).
 PREFECT_HELP = """
@@ -61,6 +63,8 @@ class Command:
         words = shlex.split(self.text, comments=True)
         while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):
             words.pop(0)  # `VAR=value command ...`
+        if words[: len(LAUNCHER)] == LAUNCHER:
+            return words[len(LAUNCHER) :]
         return words
 
     def __str__(self) -> str:
