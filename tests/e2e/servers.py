@@ -1,7 +1,7 @@
-"""Real Prefect servers for end-to-end tests: `prefect server start` (deployments/local.py's
-`SERVER_START`) on a free loopback port with
-its own PREFECT_HOME, which a test can kill and start again on the same port and home (its
-SQLite database survives; its in-memory leases do not)."""
+"""Real Prefect servers for end-to-end tests: `prefect server start` (as deployments/local.py's
+`SERVER_START` runs it) on a free loopback port with its own PREFECT_HOME, which a test can kill
+and start again on the same port and home (its SQLite database survives; its in-memory leases do
+not)."""
 
 from __future__ import annotations
 
