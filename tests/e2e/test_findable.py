@@ -150,7 +150,7 @@ def test_runs_are_named_and_tagged_and_each_unit_shows_its_diff(tmp_path, capsys
     assert "+++ b/tokenizer.txt" in diff and "+round\n+round" in diff
     assert "counts.txt | 1 +" in latest_artifact(f"{feature}-unit-counts")
     unit_task_runs = {r.name: r.id for r in in_implement}
-    for unit in ("tokenizer", "counts"):  # sent in the background, still the unit's own
+    for unit in ("tokenizer", "counts"):  # each unit's report hangs off its own task run
         report_of = latest_artifact_of(f"{feature}-unit-{unit}")
         assert report_of.task_run_id == unit_task_runs[f"{unit} · unit"], unit
         assert report_of.flow_run_id == implement.id, unit

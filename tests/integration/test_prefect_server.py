@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -81,11 +82,14 @@ def test_with_the_fix_the_write_goes_through_once_the_lock_is_free(unfixed, tmp_
     assert run_without_automatic_collection(tmp_path / "db.sqlite") == "went through"
 
 
-def test_the_launcher_says_how_to_use_it_when_given_no_command():
+def test_the_launcher_says_how_to_use_it_when_given_no_command(tmp_path):
+    # A PREFECT_HOME of its own and a time limit, should the launcher ever start a server here.
     done = subprocess.run(
         [sys.executable, "-m", "deployments.prefect_server", "server", "start"],
         capture_output=True,
         text=True,
+        env={**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")},
+        timeout=60,
         check=False,
     )
     assert done.returncode == 2
