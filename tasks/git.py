@@ -123,6 +123,30 @@ def rev(repo: Path, revision: str) -> str:
     )
 
 
+def commits_of(repo: Path, revisions: list[str]) -> list[str | None]:
+    """Each revision's commit sha, or None where it names no commit: one git process for any
+    number of them (a unit deep in a long chain has hundreds of dependency branches)."""
+    if not revisions:
+        return []
+    done = run_git(
+        repo,
+        "cat-file",
+        "--batch-check=%(objectname) %(objecttype)",
+        input="".join(f"{revision}^{{commit}}\n" for revision in revisions),
+    )
+    shas: list[str | None] = []
+    for line in done.stdout.splitlines():
+        sha, _, kind = line.rpartition(" ")
+        shas.append(sha if kind == "commit" else None)
+    return shas
+
+
+def independent_commits(repo: Path, commits: list[str]) -> set[str]:
+    """The fewest of `commits` that reach all the others (`git merge-base --independent`):
+    the only ones a merge of them all needs."""
+    return set(git_out(repo, "merge-base", "--independent", *commits).split())
+
+
 def is_ancestor(repo: Path, older: str, newer: str) -> bool:
     return (
         run_git(repo, "merge-base", "--is-ancestor", older, newer, ok_codes=(0, 1)).returncode == 0

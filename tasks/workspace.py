@@ -16,8 +16,10 @@ from pathlib import Path
 from flotilla.errors import GitError
 from tasks.git import (
     commit_tree,
+    commits_of,
     git_out,
     identity_env,
+    independent_commits,
     is_ancestor,
     merge_trees,
     repo_lock,
@@ -142,19 +144,36 @@ class Workspace:
         return sha if done.returncode == 0 and sha else None
 
     def start_commit(self, base_commit: str, dep_branches: list[str], message: str) -> str:
-        """The base plus every dependency branch, merged in the given (topological) order."""
-        current = base_commit
-        for branch in dep_branches:
-            sha = self.branch_sha(branch)
+        """The base plus every dependency branch, merged in the given (topological) order.
+
+        A dependency another one already contains (its own dependencies, usually) adds nothing,
+        so only the independent tips are merged: a unit costs the same few git processes
+        however many units it builds on.
+        """
+        if not dep_branches:
+            return base_commit
+        refs = [f"refs/heads/{b.removeprefix('refs/heads/')}" for b in dep_branches]
+        found = dict(zip(dep_branches, commits_of(self.clone_dir, refs), strict=True))
+        for branch, sha in found.items():
             if sha is None:
                 raise GitError(
                     f"The dependency branch {branch!r} does not exist in {self.clone_dir}. The "
                     "unit that produces it must finish before this unit can start."
                 )
-            if is_ancestor(self.clone_dir, sha, current):
-                continue
-            if is_ancestor(self.clone_dir, current, sha):
-                current = sha
+        tips = independent_commits(self.clone_dir, [base_commit, *filter(None, found.values())])
+        merge: dict[str, str] = {}  # tip -> the first branch at it, in the given order
+        for branch, sha in found.items():
+            if sha in tips and sha != base_commit:
+                merge.setdefault(sha, branch)
+        base_in_a_tip = base_commit not in tips
+        current = base_commit
+        for sha, branch in merge.items():
+            if (
+                current == base_commit
+                and base_in_a_tip
+                and (len(merge) == 1 or is_ancestor(self.clone_dir, base_commit, sha))
+            ):
+                current = sha  # a fast-forward: this tip has the base
                 continue
             attempt = merge_trees(self.clone_dir, current, sha)
             if attempt.tree is None:
@@ -249,8 +268,8 @@ class Workspace:
         The agent may have committed on its own; then there may be nothing left to commit.
         """
         run_git(worktree, "add", "--all", env=self.env)
-        staged = run_git(worktree, "diff", "--cached", "--quiet", ok_codes=(0, 1))
-        if staged.returncode == 1:
+        head, staged = _head_and_staged(worktree)
+        if staged:
             run_git(
                 worktree,
                 "commit",
@@ -262,7 +281,8 @@ class Workspace:
                 input=message,
                 hint=f"Could not commit the changes in {worktree}.",
             )
-        return git_out(worktree, "rev-parse", "HEAD")
+            head = git_out(worktree, "rev-parse", "HEAD")
+        return head
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -313,3 +333,22 @@ class Workspace:
     def _git(self, *args: str, **kwargs):
         kwargs.setdefault("env", self.env)
         return run_git(self.clone_dir, *args, **kwargs)
+
+
+def _head_and_staged(worktree: Path) -> tuple[str, bool]:
+    """HEAD's commit and whether the index differs from it, from one `git status`."""
+    out = run_git(
+        worktree, "status", "--porcelain=v2", "--branch", "-z", "--untracked-files=no"
+    ).stdout
+    head, staged = "", False
+    entries = iter(out.split("\0"))
+    for entry in entries:
+        if entry.startswith("# branch.oid "):
+            head = entry.removeprefix("# branch.oid ")
+        elif entry[:2] in ("1 ", "2 ", "u "):
+            staged = staged or entry[0] == "u" or entry[2] != "."  # X: the index against HEAD
+            if entry[0] == "2":
+                next(entries, None)  # a rename's original path is the next field
+    if not head or head == "(initial)":
+        raise GitError(f"{worktree} has no commit checked out; recreate the unit's worktree.")
+    return head, staged

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -109,6 +111,68 @@ def test_start_commit_conflict_names_branches_and_paths(workspace: Workspace):
     commit_on(repo, base, {"app.py": "print('b')\n"}, "b", branch=f"{UNITS}/b")
     with pytest.raises(GitError, match=rf"'{UNITS}/b' conflicts with {UNITS}/a in: app.py"):
         workspace.start_commit(base, [f"{UNITS}/a", f"{UNITS}/b"], "Start")
+
+
+def test_start_commit_fast_forwards_to_a_dependency_that_contains_the_others(
+    workspace: Workspace,
+):
+    base = workspace.prepare()
+    repo = workspace.clone_dir
+    a = commit_on(repo, base, {"a.py": "A\n"}, "a", branch=f"{UNITS}/a")
+    b = commit_on(repo, base, {"b.py": "B\n"}, "b", branch=f"{UNITS}/b")
+    c = commit_on(repo, a, {"c.py": "C\n"}, "c on a and b", extra_parents=(b,), branch=f"{UNITS}/c")
+    start = workspace.start_commit(base, [f"{UNITS}/a", f"{UNITS}/b", f"{UNITS}/c"], "Start")
+    assert start == c  # a and b are in c already: no merge commit of its own
+
+
+def test_start_commit_merges_only_the_independent_tips(workspace: Workspace):
+    base = workspace.prepare()
+    repo = workspace.clone_dir
+    a = commit_on(repo, base, {"a.py": "A\n"}, "a", branch=f"{UNITS}/a")
+    b = commit_on(repo, a, {"b.py": "B\n"}, "b after a", branch=f"{UNITS}/b")
+    x = commit_on(repo, base, {"x.py": "X\n"}, "x", branch=f"{UNITS}/x")
+    start = workspace.start_commit(base, [f"{UNITS}/a", f"{UNITS}/b", f"{UNITS}/x"], "Start")
+    assert parents(repo, start) == [b, x]
+    assert {"a.py", "b.py", "x.py", "app.py"} <= set(tree_files(repo, start))
+    assert git(repo, "log", "-1", "--format=%B", start).endswith(f"Merged dependency {UNITS}/x.")
+
+
+def test_start_commit_of_dependencies_that_changed_nothing_is_the_base(workspace: Workspace):
+    base = workspace.prepare()
+    for name in "ab":
+        git(workspace.clone_dir, "branch", f"{UNITS}/{name}", base)
+    assert workspace.start_commit(base, [f"{UNITS}/a", f"{UNITS}/b"], "Start") == base
+
+
+def test_start_commit_names_a_missing_dependency_branch(workspace: Workspace):
+    base = workspace.prepare()
+    commit_on(workspace.clone_dir, base, {"a.py": "A\n"}, "a", branch=f"{UNITS}/a")
+    with pytest.raises(GitError, match=rf"branch '{UNITS}/gone' does not exist.*must finish"):
+        workspace.start_commit(base, [f"{UNITS}/a", f"{UNITS}/gone"], "Start")
+
+
+def test_start_commit_runs_a_few_git_processes_however_long_the_chain(
+    workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A unit at the end of a 300-unit chain has 299 dependency branches: git runs three times
+    for it (resolve them all, find the tips, nothing to merge), not twice per branch."""
+    base = workspace.prepare()
+    repo = workspace.clone_dir
+    branches, tip = [], base
+    for i in range(300):
+        tip = commit_on(repo, tip, {f"u{i}.py": f"{i}\n"}, f"u{i}", branch=f"{UNITS}/u{i:03d}")
+        branches.append(f"{UNITS}/u{i:03d}")
+    log = tmp_path / "git-calls.log"
+    counting = tmp_path / "bin"
+    counting.mkdir()
+    (counting / "git").write_text(
+        f'#!/bin/sh\necho "$*" >> {log}\nexec {shutil.which("git")} "$@"\n'
+    )
+    (counting / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{counting}{os.pathsep}{os.environ['PATH']}")
+
+    assert workspace.start_commit(base, branches, "Start of the last unit") == tip
+    assert len(log.read_text().splitlines()) <= 3
 
 
 def test_worktree_commit_and_changed_files(workspace: Workspace):
