@@ -9,6 +9,8 @@
 3. Fixed cost: independent units with a no-op agent (`true`) through the implement stage at 50,
    200 and 1000 units with tag limits on (and 200 without): wall ms/unit, CPU ms/unit, mean time
    per step, and a profile; beside the same numbers from benchmarks/results/makespan-before.json.
+4. Through the CLI (`flotilla run`, every stage): 1000 independent no-op units, and a chain of
+   300 units each committing a file on top of its predecessor's branch.
 
 The lower bound is `flotilla.plan.Plan.lower_bound`: max(critical path, Σ work per class / its
 limit, Σ work / max_concurrent). Results: benchmarks/results/makespan.json and the generated
@@ -51,6 +53,7 @@ BEGIN, END = "<!-- makespan:begin -->", "<!-- makespan:end -->"
 TARGET_RATIO, TARGET_MS = 1.10, 100.0
 CPU_GROWTH = 1.5  # CPU per unit may grow at most this much from 50 to 1000 units
 CLI_TARGET_S = 150.0  # 1000 no-op units through `flotilla run`, merge and gate included
+CHAIN_LENGTH = 300  # units in a chain through `flotilla run`, each built on the one before
 
 
 def orders(seeds_exact: int, seeds_real: int) -> dict:
@@ -161,6 +164,24 @@ def cli_run(root: Path, units: int, concurrency: int) -> dict:
     """`flotilla run` of `units` independent no-op units on the embedded default (a temporary
     Prefect server of its own, no PREFECT_API_URL): every stage, merge and gate included."""
     spec_units = [{"id": f"n{i:04d}", "agent": {"command": "true"}} for i in range(units)]
+    run = _through_cli(root, spec_units, concurrency, "cli")
+    return {**run, "target_s": CLI_TARGET_S}
+
+
+def chain_run(root: Path, length: int, concurrency: int) -> dict:
+    """`flotilla run` of a chain: each unit depends on the one before and commits a file of its
+    own, so it starts from its predecessor's branch, which holds every earlier unit's work.
+    A unit deep in the chain should cost what the first one does."""
+    spec_units = []
+    for i in range(length):
+        unit: dict = {"id": f"c{i:04d}", "agent": {"command": f"sh -c 'echo {i} > c{i:04d}.txt'"}}
+        if i:
+            unit["depends_on"] = [f"c{i - 1:04d}"]
+        spec_units.append(unit)
+    return _through_cli(root, spec_units, concurrency, "chain")
+
+
+def _through_cli(root: Path, spec_units: list[dict], concurrency: int, label: str) -> dict:
     request, workflow = write_inputs(root, spec_units, max_concurrent=concurrency)
     target = make_target(root / "target")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
@@ -179,14 +200,14 @@ def cli_run(root: Path, units: int, concurrency: int) -> dict:
             check=False,
         )
     wall = time.monotonic() - started
-    print(f"  cli-{units}: {wall:.1f} s (exit {done.returncode})", flush=True)
+    units = len(spec_units)
+    print(f"  {label}-{units}: {wall:.1f} s (exit {done.returncode})", flush=True)
     return {
         "units": units,
         "concurrency": concurrency,
         "exit_code": done.returncode,
         "wall_s": round(wall, 1),
         "ms_per_unit": round(1000 * wall / units, 1),
-        "target_s": CLI_TARGET_S,
     }
 
 
@@ -256,6 +277,13 @@ def section(result: dict) -> str:
                 f"- {cli['units']} no-op units through `flotilla run` ({cli['concurrency']} at "
                 f"once, temporary server, every stage): {cli['wall_s']:.0f} s, exit "
                 f"{cli['exit_code']}, against a target of {cli['target_s']:.0f} s: {met}."
+            )
+        if (chain := result.get("cli_chain")) is not None:
+            text.append(
+                f"- A chain of {chain['units']} units through `flotilla run` (each depends on the "
+                f"one before and commits a file, so it starts from its predecessor's branch): "
+                f"{chain['wall_s']:.0f} s, {chain['ms_per_unit']:.0f} ms per unit, exit "
+                f"{chain['exit_code']}."
             )
         at = {r["units"]: r for r in f["runs"]}.get(200)
         if at:
@@ -348,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory(prefix="flotilla-bench-cli-") as tmp:
                 print("Through the CLI:", flush=True)
                 result["cli"] = cli_run(Path(tmp), 1000, 8)
+            with tempfile.TemporaryDirectory(prefix="flotilla-bench-chain-") as tmp:
+                result["cli_chain"] = chain_run(Path(tmp), CHAIN_LENGTH, 8)
     result["targets"] = {
         "ratio": TARGET_RATIO,
         "ms_per_unit_at_200": TARGET_MS,

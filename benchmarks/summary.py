@@ -54,6 +54,16 @@ def rows(makespan: dict, scaleout: dict, merge: dict) -> list[tuple[str, str, st
                 when,
             )
         )
+    if chain := makespan.get("cli_chain"):
+        out.append(
+            (
+                f"a {chain['units']}-unit chain through `flotilla run`, a commit per unit",
+                f"{chain['wall_s']:.0f} s, {chain['ms_per_unit']:.0f} ms/unit "
+                f"(exit {chain['exit_code']})",
+                "",
+                when,
+            )
+        )
     for e in fixed.get("end_to_end", []):
         if e["tag_limits"]:
             floor = (

@@ -64,3 +64,25 @@ def test_the_summary_row_of_the_dag_names_the_cpu_floor() -> None:
 
     assert dag[1] == "3.54× (20.8 s / 5.89 s; its CPU alone allows no better than 2.76× on 2 cores)"
     assert dag[2] == "≤ 1.5×"
+
+
+def test_the_chain_through_the_cli_has_a_line_and_a_summary_row() -> None:
+    result = {
+        **RESULT,
+        "cli_chain": {
+            "units": 300,
+            "concurrency": 8,
+            "exit_code": 0,
+            "wall_s": 80.7,
+            "ms_per_unit": 269.0,
+        },
+    }
+
+    line = next(t for t in section(result).splitlines() if t.startswith("- A chain of 300"))
+    assert line.endswith("starts from its predecessor's branch): 81 s, 269 ms per unit, exit 0.")
+    (row,) = [r for r in rows(result, {}, {}) if "chain" in r[0]]
+    assert row[:3] == (
+        "a 300-unit chain through `flotilla run`, a commit per unit",
+        "81 s, 269 ms/unit (exit 0)",
+        "",
+    )
