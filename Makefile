@@ -62,7 +62,7 @@ worker: $(BIN)/flotilla
 	PATH="$(abspath $(BIN)):$$PATH" PREFECT_API_URL=$(PREFECT_API_URL) \
 	  $(BIN)/prefect worker start --pool flotilla
 
-# About 40 minutes on 2 cores; each module writes benchmarks/results/<name>.json and its part of
+# 20 to 30 minutes on 2 cores; each module writes benchmarks/results/<name>.json and its part of
 # docs/performance.md, and the summary puts their headline numbers side by side.
 bench: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.makespan

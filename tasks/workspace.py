@@ -130,6 +130,11 @@ class Workspace:
     def branch_sha(self, branch: str) -> str | None:
         return self._resolve(f"refs/heads/{branch.removeprefix('refs/heads/')}")
 
+    def branch_shas(self, branches: list[str]) -> dict[str, str | None]:
+        """Each branch's commit (None where it does not exist), from one git process."""
+        refs = [f"refs/heads/{b.removeprefix('refs/heads/')}" for b in branches]
+        return dict(zip(branches, commits_of(self.clone_dir, refs), strict=True))
+
     def _resolve(self, revision: str) -> str | None:
         done = run_git(
             self.clone_dir,
@@ -152,8 +157,7 @@ class Workspace:
         """
         if not dep_branches:
             return base_commit
-        refs = [f"refs/heads/{b.removeprefix('refs/heads/')}" for b in dep_branches]
-        found = dict(zip(dep_branches, commits_of(self.clone_dir, refs), strict=True))
+        found = self.branch_shas(dep_branches)
         for branch, sha in found.items():
             if sha is None:
                 raise GitError(

@@ -68,3 +68,19 @@ def test_units_run_as_their_own_flow_runs_on_separate_machines(tmp_path, started
     assert set(timeline_of(timeline)) == {"producer", "consumer"}
     assert timeline.read_text().count("start ") == 2  # no unit ran twice
     assert git(target, "show", "flotilla/demo-feature:units/producer.txt").startswith("producer")
+
+
+def test_a_unit_refuses_a_dependency_branch_moved_away_from_its_ledger_commit(
+    tmp_path, started_run
+):
+    target, _, _, store, _ = started_run
+    first = unit("spread", "producer", store=store, workdir=str(tmp_path / "machine-1"))
+    # someone force-pushes the producer's branch back to the base after it succeeded
+    git(target, "branch", "--force", "flotilla/demo-feature--producer", "main")
+
+    with pytest.raises(
+        RunError,
+        match=rf"flotilla/demo-feature--producer in .* is not at unit 'producer''s commit "
+        rf"{first.commit[:12]} from the ledger\. Run unit 'producer' again",
+    ):
+        unit("spread", "consumer", store=store, workdir=str(tmp_path / "machine-2"))
