@@ -142,8 +142,9 @@ def plan_updates(
     own = own_tips(runs)
     there = _fetch_tips(workspace, destination, branches)
     updates = []
+    here = workspace.branch_shas(branches)
     for branch in branches:
-        new = workspace.branch_sha(branch)
+        new = here[branch]
         if new is None:
             raise GitError(
                 f"Cannot push {branch!r}: the branch does not exist in {workspace.clone_dir}. "

@@ -159,16 +159,22 @@ def restore_unit_branches(
     workspace: Workspace, records: list[UnitRecord]
 ) -> tuple[list[str], list[str]]:
     """Fetch the branches of succeeded units that the clone lacks (a new clone) from the target,
-    where an earlier finalize pushed them; return (restored, still missing) unit ids."""
-    restored: list[str] = []
-    missing: list[str] = []
-    for record in records:
-        if record.status != UnitStatus.SUCCEEDED or not record.branch:
-            continue
-        if workspace.branch_sha(record.branch) == record.commit:
-            continue
-        with contextlib.suppress(GitError):
-            workspace.fetch([record.branch])
-        found = workspace.branch_sha(record.branch) == record.commit
-        (restored if found else missing).append(record.unit_id)
+    where an earlier finalize pushed them; return (restored, still missing) unit ids.
+
+    A few git processes however many units the run has: one fetch for every lacking branch,
+    and one at a time only when the target lacks some of them."""
+    succeeded = [r for r in records if r.status == UnitStatus.SUCCEEDED and r.branch]
+    here = workspace.branch_shas([r.branch for r in succeeded])
+    lacking = [r for r in succeeded if here[r.branch] != r.commit]
+    if not lacking:
+        return [], []
+    try:
+        workspace.fetch([r.branch for r in lacking])
+    except GitError:  # the target lacks some: fetch the others one by one
+        for record in lacking:
+            with contextlib.suppress(GitError):
+                workspace.fetch([record.branch])
+    now = workspace.branch_shas([r.branch for r in lacking])
+    restored = [r.unit_id for r in lacking if now[r.branch] == r.commit]
+    missing = [r.unit_id for r in lacking if now[r.branch] != r.commit]
     return restored, missing

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,6 +21,19 @@ TEST_IDENTITY = {
     "GIT_COMMITTER_EMAIL": "author@example.com",
 }
 _IDENTITY_VARS = (*TEST_IDENTITY, "EMAIL", "GIT_AUTHOR_DATE", "GIT_COMMITTER_DATE")
+
+
+def log_git_calls(monkeypatch: pytest.MonkeyPatch, where: Path) -> Path:
+    """Put a `git` first on PATH that appends its arguments to a log, then runs the real git:
+    every git process started from now on is one line of the returned file."""
+    log, bin_dir = where / "git-calls.log", where / "counting-bin"
+    bin_dir.mkdir(parents=True)
+    wrapper = bin_dir / "git"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {shutil.which("git")} "$@"\n')
+    wrapper.chmod(0o755)
+    log.touch()
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return log
 
 
 def isolate_git(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,6 +14,7 @@ from tests.integration.gitrepos import (
     commit_on,
     git,
     isolate_git,
+    log_git_calls,
     make_repo,
     parents,
     snapshot,
@@ -162,14 +161,7 @@ def test_start_commit_runs_a_few_git_processes_however_long_the_chain(
     for i in range(300):
         tip = commit_on(repo, tip, {f"u{i}.py": f"{i}\n"}, f"u{i}", branch=f"{UNITS}/u{i:03d}")
         branches.append(f"{UNITS}/u{i:03d}")
-    log = tmp_path / "git-calls.log"
-    counting = tmp_path / "bin"
-    counting.mkdir()
-    (counting / "git").write_text(
-        f'#!/bin/sh\necho "$*" >> {log}\nexec {shutil.which("git")} "$@"\n'
-    )
-    (counting / "git").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{counting}{os.pathsep}{os.environ['PATH']}")
+    log = log_git_calls(monkeypatch, tmp_path)
 
     assert workspace.start_commit(base, branches, "Start of the last unit") == tip
     assert len(log.read_text().splitlines()) <= 3
