@@ -163,6 +163,15 @@ class Plan:
         found = nx.ancestors(self.graph, unit_id)
         return [u for u in self.order() if u in found]
 
+    def covered(self, unit_ids: list[str]) -> set[str]:
+        """Those of `unit_ids` (in topological order) that another of them depends on, directly
+        or not: a unit started from that other's branch, so it holds their work already."""
+        wanted, covered = set(unit_ids), set()
+        for unit_id in reversed(unit_ids):
+            if unit_id not in covered:  # what a covered unit covers, its coverer covers too
+                covered |= nx.ancestors(self.graph, unit_id) & wanted
+        return covered
+
     def descendants(self, unit_id: str) -> list[str]:
         found = nx.descendants(self.graph, unit_id)
         return [u for u in self.order() if u in found]

@@ -287,6 +287,7 @@ class UnitLoop:
             settings=settings,
             base_commit=self.base_commit,
             dep_branches=[self.ctx.unit_branch(d) for d in deps],
+            covered_branches=[self.ctx.unit_branch(d) for d in self.plan.covered(deps)],
             fingerprint=unit_fingerprint(
                 unit, settings.model_dump_json(), self.base_commit, dep_commits
             ),

@@ -161,6 +161,7 @@ def unit_job(
         settings=settings,
         base_commit=base,
         dep_branches=[ctx.unit_branch(d) for d in deps],
+        covered_branches=[ctx.unit_branch(d) for d in plan.covered(deps)],
         fingerprint=launch.fingerprint if launch is not None else fingerprint,
     )
 

@@ -1,6 +1,9 @@
 """Checkpoints: the ledger and every unit branch's sha, saved after each unit and at each pause.
 
-`runs/<key>/checkpoints/<n>.json` holds one numbered snapshot. Rolling back to N writes its ledger
+`runs/<key>/checkpoints/<n>.json` holds one numbered snapshot. Most hold only what changed since
+the checkpoint before (`base`); every `FULL_EVERY`-th one of a process, and the first, holds all,
+so a chain of 1,000 units does not write a thousand snapshots of a thousand units and reading one
+takes at most `FULL_EVERY` files. Rolling back to N writes its ledger
 back and moves the unit branches of the run's clone to its shas, so `flotilla resume` runs again
 what came after N. Numbers only grow: checkpoints written after a rollback get new numbers, and
 the older, abandoned ones stay listed, so a rollback can be undone by rolling forward.
@@ -25,6 +28,8 @@ from tasks.git import git_out, run_git
 from tasks.store import RunStore
 from tasks.workspace import Workspace
 
+FULL_EVERY = 50  # checkpoints a writer stores as changes before it stores a whole one again
+
 
 class Checkpoint(BaseModel):
     """One snapshot of a run: every plan unit's record and every unit branch's sha."""
@@ -39,6 +44,52 @@ class Checkpoint(BaseModel):
     added: AddedUnits = Field(default_factory=AddedUnits)
 
 
+class CheckpointFile(BaseModel):
+    """What `checkpoints/<n>.json` holds: a whole snapshot (no `base`), or what changed since
+    checkpoint `base`. Files from before changes were stored read as whole snapshots."""
+
+    number: int
+    created_at: datetime = Field(default_factory=utcnow)
+    reason: str
+    units_total: int
+    base: int | None = None
+    units: list[str] | None = Field(
+        default=None,
+        description="the plan's units in order; None: the ledger's keys, or the base's",
+    )
+    ledger: dict[str, UnitRecord] = Field(description="every record, or those that changed")
+    branches: dict[str, str] = Field(description="every branch, or those that moved or appeared")
+    removed_branches: list[str] = Field(default_factory=list)
+    added: AddedUnits | None = Field(default=None, description="None: as in the base")
+
+    def on(self, base: Checkpoint | None) -> Checkpoint:
+        """The whole snapshot: this file's changes applied to its base's snapshot."""
+        if self.base is None:
+            units = self.units or list(self.ledger)
+            ledger = {u: self.ledger[u] for u in units}
+            branches = dict(self.branches)
+            added = self.added or AddedUnits()
+        else:
+            if base is None or base.number != self.base:
+                raise ValueError(f"checkpoint {self.number} is built on checkpoint {self.base}")
+            units = self.units or list(base.ledger)
+            ledger = {u: self.ledger.get(u) or base.ledger[u] for u in units}
+            branches = {**base.branches, **self.branches}
+            for unit_id in self.removed_branches:
+                branches.pop(unit_id, None)
+            added = self.added if self.added is not None else base.added
+        return Checkpoint(
+            number=self.number,
+            created_at=self.created_at,
+            reason=self.reason,
+            units_total=self.units_total,
+            units_done=[u for u in units if ledger[u].status == UnitStatus.SUCCEEDED],
+            ledger=ledger,
+            branches=branches,
+            added=added,
+        )
+
+
 def checkpoint_numbers(runs: RunStore) -> list[int]:
     numbers = []
     for key in runs.store.list(f"{runs.prefix}/checkpoints"):
@@ -49,18 +100,44 @@ def checkpoint_numbers(runs: RunStore) -> list[int]:
 
 
 def read_checkpoint(runs: RunStore, number: int) -> Checkpoint:
-    try:
-        return runs.store.read_model(runs.checkpoint_key(number), Checkpoint)
-    except KeyError:
-        known = ", ".join(map(str, checkpoint_numbers(runs))) or "none"
-        raise RunError(
-            f"Run {runs.run_key} has no checkpoint {number} (its checkpoints: {known}). "
-            f"`flotilla checkpoints {runs.run_key}` lists them."
-        ) from None
+    return _Reader(runs).read(number)
 
 
 def list_checkpoints(runs: RunStore) -> list[Checkpoint]:
-    return [read_checkpoint(runs, n) for n in checkpoint_numbers(runs)]
+    reader = _Reader(runs)
+    return [reader.read(n) for n in checkpoint_numbers(runs)]
+
+
+class _Reader:
+    """Reads checkpoints, building each from its base; a snapshot is built once per reader."""
+
+    def __init__(self, runs: RunStore):
+        self.runs = runs
+        self.built: dict[int, Checkpoint] = {}
+
+    def read(self, number: int) -> Checkpoint:
+        files: list[CheckpointFile] = []
+        wanted: int | None = number
+        while wanted is not None and wanted not in self.built:
+            files.append(self._file(wanted, needed_by=files[-1].number if files else None))
+            wanted = files[-1].base
+        snapshot = self.built.get(wanted) if wanted is not None else None
+        for file in reversed(files):
+            snapshot = self.built[file.number] = file.on(snapshot)
+        return self.built[number]
+
+    def _file(self, number: int, needed_by: int | None) -> CheckpointFile:
+        try:
+            return self.runs.store.read_model(self.runs.checkpoint_key(number), CheckpointFile)
+        except KeyError:
+            known = ", ".join(map(str, checkpoint_numbers(self.runs))) or "none"
+            what = f"checkpoint {number}" + (
+                f", which checkpoint {needed_by} builds on" if needed_by is not None else ""
+            )
+            raise RunError(
+                f"Run {self.runs.run_key} has no {what} (its checkpoints: {known}). "
+                f"`flotilla checkpoints {self.runs.run_key}` lists them."
+            ) from None
 
 
 def unit_branch_shas(workspace: Workspace, ctx: RunContext) -> dict[str, str]:
@@ -84,11 +161,13 @@ def unit_branch_shas(workspace: Workspace, ctx: RunContext) -> dict[str, str]:
 
 
 class CheckpointWriter:
-    """Numbers and writes the checkpoints of one orchestrator process."""
+    """Numbers and writes the checkpoints of one orchestrator process: its first whole, then
+    what changed since the one before, and whole again every `FULL_EVERY`."""
 
     def __init__(self, ctx: RunContext, runs: RunStore, workspace: Workspace):
         self.ctx, self.runs, self.workspace = ctx, runs, workspace
         self.next = max(checkpoint_numbers(runs), default=0) + 1
+        self._last: _Written | None = None
 
     def write(
         self, reason: str, units: list[str], records: dict[str, UnitRecord], added: AddedUnits
@@ -112,9 +191,69 @@ class CheckpointWriter:
             branches=unit_branch_shas(self.workspace, self.ctx),
             added=added,
         )
-        self.runs.store.write_json(self.runs.checkpoint_key(checkpoint.number), checkpoint)
+        last = self._last
+        whole = last is None or last.depth + 1 >= FULL_EVERY
+        written = _Written.of(checkpoint, depth=0 if whole or last is None else last.depth + 1)
+        file = (
+            written.whole(checkpoint) if whole or last is None else written.since(last, checkpoint)
+        )
+        self.runs.store.write_json(self.runs.checkpoint_key(checkpoint.number), file)
+        self._last = written
         self.next += 1
         return checkpoint
+
+
+class _Written(BaseModel):
+    """What the writer remembers of its last checkpoint: records as JSON, so that a record
+    changed in place afterwards still counts as changed."""
+
+    number: int
+    depth: int = Field(description="checkpoints stored as changes since the last whole one")
+    units: list[str]
+    records: dict[str, str]
+    branches: dict[str, str]
+    added: str
+
+    @classmethod
+    def of(cls, checkpoint: Checkpoint, depth: int) -> _Written:
+        return cls(
+            number=checkpoint.number,
+            depth=depth,
+            units=list(checkpoint.ledger),
+            records={u: r.model_dump_json() for u, r in checkpoint.ledger.items()},
+            branches=dict(checkpoint.branches),
+            added=checkpoint.added.model_dump_json(),
+        )
+
+    @staticmethod
+    def whole(checkpoint: Checkpoint) -> CheckpointFile:
+        return CheckpointFile(
+            **_head(checkpoint),
+            ledger=checkpoint.ledger,
+            branches=checkpoint.branches,
+            added=checkpoint.added,
+        )
+
+    def since(self, last: _Written, checkpoint: Checkpoint) -> CheckpointFile:
+        changed = [u for u, raw in self.records.items() if last.records.get(u) != raw]
+        return CheckpointFile(
+            **_head(checkpoint),
+            base=last.number,
+            units=None if self.units == last.units else self.units,
+            ledger={u: checkpoint.ledger[u] for u in changed},
+            branches={u: sha for u, sha in self.branches.items() if last.branches.get(u) != sha},
+            removed_branches=sorted(set(last.branches) - set(self.branches)),
+            added=None if self.added == last.added else checkpoint.added,
+        )
+
+
+def _head(checkpoint: Checkpoint) -> dict:
+    return {
+        "number": checkpoint.number,
+        "created_at": checkpoint.created_at,
+        "reason": checkpoint.reason,
+        "units_total": checkpoint.units_total,
+    }
 
 
 class RollbackResult(BaseModel):

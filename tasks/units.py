@@ -21,7 +21,7 @@ from pathlib import Path
 from prefect import tags, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TagsContext, TaskRunContext
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from flotilla.errors import FlotillaError
 from flotilla.estimate import prompt_size
@@ -55,6 +55,10 @@ class UnitJob(BaseModel):
     settings: UnitSettings
     base_commit: str
     dep_branches: list[str]
+    covered_branches: list[str] = Field(
+        default_factory=list,
+        description="dependency branches another dependency's branch holds already",
+    )
     fingerprint: str
 
     @property
@@ -316,7 +320,10 @@ class UnitRunner:
     def make_worktree(self) -> Path:
         with self.timed("worktree"):
             start = self.workspace.start_commit(
-                self.job.base_commit, self.job.dep_branches, f"Start of unit {self.unit.id}"
+                self.job.base_commit,
+                self.job.dep_branches,
+                f"Start of unit {self.unit.id}",
+                covered=set(self.job.covered_branches),
             )
             self.note(start_commit=start)
             return self.workspace.create_worktree(self.record.branch, start)

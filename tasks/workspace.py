@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Collection
 from pathlib import Path
+from typing import cast
 
 from flotilla.errors import GitError
 from tasks.git import (
@@ -148,12 +150,20 @@ class Workspace:
         sha = done.stdout.strip()
         return sha if done.returncode == 0 and sha else None
 
-    def start_commit(self, base_commit: str, dep_branches: list[str], message: str) -> str:
+    def start_commit(
+        self,
+        base_commit: str,
+        dep_branches: list[str],
+        message: str,
+        covered: Collection[str] = (),
+    ) -> str:
         """The base plus every dependency branch, merged in the given (topological) order.
 
         A dependency another one already contains (its own dependencies, usually) adds nothing,
         so only the independent tips are merged: a unit costs the same few git processes
-        however many units it builds on.
+        however many units it builds on. `covered` names the branches the plan says another
+        dependency holds already; they are left out of the search for tips, then checked to be
+        in the start (one `git rev-list`), and taken in after all if one is not.
         """
         if not dep_branches:
             return base_commit
@@ -164,11 +174,27 @@ class Workspace:
                     f"The dependency branch {branch!r} does not exist in {self.clone_dir}. The "
                     "unit that produces it must finish before this unit can start."
                 )
-        tips = independent_commits(self.clone_dir, [base_commit, *filter(None, found.values())])
+        shas = cast(dict[str, str], found)
+        start = self._merge_tips(base_commit, dep_branches, shas, message, set(covered))
+        held = [shas[b] for b in dep_branches if b in covered]
+        if held and git_out(self.clone_dir, "rev-list", "--max-count=1", *held, "--not", start):
+            return self._merge_tips(base_commit, dep_branches, shas, message, set())
+        return start
+
+    def _merge_tips(
+        self,
+        base_commit: str,
+        dep_branches: list[str],
+        shas: dict[str, str],
+        message: str,
+        skip: set[str],
+    ) -> str:
+        candidates = [b for b in dep_branches if b not in skip]
+        tips = independent_commits(self.clone_dir, [base_commit, *(shas[b] for b in candidates)])
         merge: dict[str, str] = {}  # tip -> the first branch at it, in the given order
-        for branch, sha in found.items():
-            if sha in tips and sha != base_commit:
-                merge.setdefault(sha, branch)
+        for branch in candidates:
+            if shas[branch] in tips and shas[branch] != base_commit:
+                merge.setdefault(shas[branch], branch)
         base_in_a_tip = base_commit not in tips
         current = base_commit
         for sha, branch in merge.items():

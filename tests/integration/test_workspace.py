@@ -153,8 +153,9 @@ def test_start_commit_names_a_missing_dependency_branch(workspace: Workspace):
 def test_start_commit_runs_a_few_git_processes_however_long_the_chain(
     workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    """A unit at the end of a 300-unit chain has 299 dependency branches: git runs three times
-    for it (resolve them all, find the tips, nothing to merge), not twice per branch."""
+    """A unit at the end of a 300-unit chain has 299 dependency branches, all but the last held
+    by the last (the plan says so): git runs three times for it (resolve them all, find the
+    tips among the rest, check that the start holds the others), not twice per branch."""
     base = workspace.prepare()
     repo = workspace.clone_dir
     branches, tip = [], base
@@ -163,8 +164,25 @@ def test_start_commit_runs_a_few_git_processes_however_long_the_chain(
         branches.append(f"{UNITS}/u{i:03d}")
     log = log_git_calls(monkeypatch, tmp_path)
 
+    start = workspace.start_commit(base, branches, "Start of the last unit", covered=branches[:-1])
+    assert start == tip
+    assert len(log.read_text().splitlines()) == 3
+    # without the plan's word, git finds the same start in as few processes
     assert workspace.start_commit(base, branches, "Start of the last unit") == tip
-    assert len(log.read_text().splitlines()) <= 3
+    assert len(log.read_text().splitlines()) == 5
+
+
+def test_a_branch_said_to_be_covered_but_not_in_the_start_is_merged_all_the_same(
+    workspace: Workspace,
+):
+    base = workspace.prepare()
+    repo = workspace.clone_dir
+    commit_on(repo, base, {"a.py": "A\n"}, "a", branch=f"{UNITS}/a")
+    commit_on(repo, base, {"b.py": "B\n"}, "b", branch=f"{UNITS}/b")
+    branches = [f"{UNITS}/a", f"{UNITS}/b"]
+
+    start = workspace.start_commit(base, branches, "Start", covered=[f"{UNITS}/a"])
+    assert {"a.py", "b.py"} <= set(tree_files(repo, start))
 
 
 def test_worktree_commit_and_changed_files(workspace: Workspace):

@@ -183,3 +183,19 @@ def test_to_json_carries_everything_flotilla_plan_prints():
     assert data["conflict_groups"][0]["edges"] == [{"from": "a", "to": "b"}]
     assert data["lower_bound"]["value"] == 2.0
     assert data["unit_resources"] == {"a": "standard", "b": "standard"}
+
+
+def test_covered_units_are_those_another_of_them_builds_on():
+    units = [
+        {"id": "a"},
+        {"id": "b", "depends_on": ["a"]},
+        {"id": "c", "depends_on": ["b"]},
+        {"id": "x"},
+        {"id": "d", "depends_on": ["c", "x"]},
+    ]
+    plan = Plan.from_request(request(units))
+
+    assert plan.covered(plan.ancestors("d")) == {"a", "b"}  # c holds them; x stands alone
+    assert plan.covered(["a", "c"]) == {"a"}  # through b, which is not asked about
+    assert plan.covered(["a", "x"]) == set()
+    assert plan.covered([]) == set()
