@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.integration.gitrepos import isolate_git
 from tests.integration.s3 import MotoS3, moto_s3_server
 
 
@@ -21,3 +22,11 @@ def moto_s3() -> Iterator[MotoS3]:
 def s3_store_url(moto_s3: MotoS3) -> str:
     """A fresh, empty `s3://<bucket>/<unique prefix>` store URL for one test."""
     return moto_s3.url(f"test-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def git_without_identity(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Git as on a fresh CI machine: no identity configured anywhere (see `isolate_git`)."""
+    isolate_git(monkeypatch, tmp_path_factory.mktemp("home"))

@@ -22,14 +22,11 @@ from tasks.checkpoints import (
 )
 from tasks.store import ArtifactStore, RunStore
 from tasks.workspace import Workspace
-from tests.integration.gitrepos import commit_on, git, isolate_git, make_repo
+from tests.integration.gitrepos import commit_on, git, make_repo
+
+pytestmark = pytest.mark.usefixtures("git_without_identity")
 
 UNITS = [f"u{i:03d}" for i in range(300)]
-
-
-@pytest.fixture(autouse=True)
-def no_git_identity(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
-    isolate_git(monkeypatch, tmp_path_factory.mktemp("home"))
 
 
 @pytest.fixture

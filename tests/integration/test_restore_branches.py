@@ -11,14 +11,11 @@ import pytest
 from flotilla.results import UnitRecord, UnitStatus
 from tasks.recovery import restore_unit_branches
 from tasks.workspace import Workspace
-from tests.integration.gitrepos import commit_on, git, isolate_git, log_git_calls, make_repo
+from tests.integration.gitrepos import commit_on, git, log_git_calls, make_repo
+
+pytestmark = pytest.mark.usefixtures("git_without_identity")
 
 UNITS = "flotilla/greet--"
-
-
-@pytest.fixture(autouse=True)
-def no_git_identity(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
-    isolate_git(monkeypatch, tmp_path_factory.mktemp("home"))
 
 
 @pytest.fixture
