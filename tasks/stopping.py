@@ -52,6 +52,7 @@ class RunGuard:
         self._stopping = threading.Lock()
         self._retry_notice: ClientRetryNotice | None = None
         self._raise_exceptions_before = logging.raiseExceptions
+        self._quiet_lock = threading.Lock()
         self.done = False
 
     # -- signals ---------------------------------------------------------------------------
@@ -157,8 +158,14 @@ class RunGuard:
         """While the API is down, Prefect's log worker would write "--- Error logging to API ---"
         and the error to stderr on every batch: nothing the guard does not say, and with no
         newline, so it can end up glued to the front of the guard's last line. It writes only
-        while `logging.raiseExceptions` holds (as the standard library's handlers do)."""
-        logging.raiseExceptions = False if quiet else self._raise_exceptions_before
+        while `logging.raiseExceptions` holds (as the standard library's handlers do).
+
+        A probe that ends after `uninstall` (the run over, its temporary server gone) must not
+        quiet them again: that would outlive the guard, in a process that carries on."""
+        with self._quiet_lock:
+            if quiet and self.done:
+                return
+            logging.raiseExceptions = False if quiet else self._raise_exceptions_before
 
     def stop_for_api(self) -> None:
         line = (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -80,3 +81,30 @@ def test_without_an_outage_the_log_workers_errors_are_shown_as_prefect_shows_the
 
     assert logging.raiseExceptions == raised_before
     assert "--- Error logging to API ---" in capfd.readouterr().err
+
+
+def test_a_probe_that_ends_after_the_guard_is_gone_leaves_prefects_errors_shown(
+    tmp_path, monkeypatch
+) -> None:
+    """The API watcher's last probe can fail after `uninstall` (a run's temporary server stops
+    as the run ends): Prefect's log errors must stay shown for whatever the process does next."""
+    monkeypatch.setattr("tasks.stopping.PROBE_EVERY_S", 0.01)
+    raised_before = logging.raiseExceptions
+    probing, answer = threading.Event(), threading.Event()
+    guard = RunGuard("outage-3", str(tmp_path / "store"), str(tmp_path / "work")).install()
+
+    def probe_that_fails_late() -> bool:
+        probing.set()
+        answer.wait(10)
+        return False
+
+    monkeypatch.setattr(guard, "api_reachable", probe_that_fails_late)
+    guard.watch_api(dead_api_url())
+    assert probing.wait(10), "the guard never probed the API"
+    guard.uninstall()
+    answer.set()
+    for thread in threading.enumerate():
+        if thread.name == "flotilla-api-watch":
+            thread.join(10)
+
+    assert logging.raiseExceptions == raised_before
