@@ -38,7 +38,6 @@ from tasks.stage_inputs import RunRef
 from tasks.store import ArtifactStore, RunStore
 from tasks.tag_limits import only_limited_tags
 from tasks.units import UnitJob, run_store_for, run_unit, workspace_for
-from tasks.workspace import Workspace
 
 
 @flow(name="unit", persist_result=False, log_prints=True)
@@ -142,10 +141,11 @@ def unit_job(
     workspace = workspace_for(ctx)
     tip = workspace.prepare()
     base = base_commit or next((r.base_commit for r in ledger.values() if r.base_commit), tip)
-    missing = _not_at_ledger_commit(workspace, ctx, deps, ledger)
-    workspace.fetch([ctx.unit_branch(d) for d in missing])
-    if still := _not_at_ledger_commit(workspace, ctx, missing, ledger):
-        d = still[0]
+    unit_of = {ctx.unit_branch(d): d for d in deps}
+    missing = workspace.branches_not_at({b: ledger[d].commit for b, d in unit_of.items()})
+    workspace.fetch(missing)
+    if still := workspace.branches_not_at({b: ledger[unit_of[b]].commit for b in missing}):
+        d = unit_of[still[0]]
         raise RunError(
             f"The branch {ctx.unit_branch(d)} in {ctx.repo} is not at unit {d!r}'s commit "
             f"{ledger[d].commit[:12]} from the ledger. Run unit {d!r} again, or push its "
@@ -164,14 +164,6 @@ def unit_job(
         covered_branches=[ctx.unit_branch(d) for d in plan.covered(deps)],
         fingerprint=launch.fingerprint if launch is not None else fingerprint,
     )
-
-
-def _not_at_ledger_commit(
-    workspace: Workspace, ctx: RunContext, units: list[str], ledger: dict[str, UnitRecord]
-) -> list[str]:
-    """The units whose branch in the worker's clone is missing or not at the ledger's commit."""
-    shas = workspace.branch_shas([ctx.unit_branch(u) for u in units])
-    return [u for u in units if shas[ctx.unit_branch(u)] != ledger[u].commit]
 
 
 def _launch(runs: RunStore, unit_id: str) -> UnitLaunch | None:

@@ -62,6 +62,15 @@ class CheckpointFile(BaseModel):
     removed_branches: list[str] = Field(default_factory=list)
     added: AddedUnits | None = Field(default=None, description="None: as in the base")
 
+    @classmethod
+    def whole(cls, checkpoint: Checkpoint) -> CheckpointFile:
+        return cls(
+            **_head(checkpoint),
+            ledger=checkpoint.ledger,
+            branches=checkpoint.branches,
+            added=checkpoint.added,
+        )
+
     def on(self, base: Checkpoint | None) -> Checkpoint:
         """The whole snapshot: this file's changes applied to its base's snapshot."""
         if self.base is None:
@@ -83,11 +92,15 @@ class CheckpointFile(BaseModel):
             created_at=self.created_at,
             reason=self.reason,
             units_total=self.units_total,
-            units_done=[u for u in units if ledger[u].status == UnitStatus.SUCCEEDED],
+            units_done=_succeeded(ledger),
             ledger=ledger,
             branches=branches,
             added=added,
         )
+
+
+def _succeeded(ledger: dict[str, UnitRecord]) -> list[str]:
+    return [u for u, record in ledger.items() if record.status == UnitStatus.SUCCEEDED]
 
 
 def checkpoint_numbers(runs: RunStore) -> list[int]:
@@ -186,17 +199,17 @@ class CheckpointWriter:
             number=self.next,
             reason=reason,
             units_total=len(units),
-            units_done=[u for u in units if ledger[u].status == UnitStatus.SUCCEEDED],
+            units_done=_succeeded(ledger),
             ledger=ledger,
             branches=unit_branch_shas(self.workspace, self.ctx),
             added=added,
         )
         last = self._last
-        whole = last is None or last.depth + 1 >= FULL_EVERY
-        written = _Written.of(checkpoint, depth=0 if whole or last is None else last.depth + 1)
-        file = (
-            written.whole(checkpoint) if whole or last is None else written.since(last, checkpoint)
-        )
+        if last is None or last.depth + 1 >= FULL_EVERY:
+            written, file = _Written.of(checkpoint, depth=0), CheckpointFile.whole(checkpoint)
+        else:
+            written = _Written.of(checkpoint, depth=last.depth + 1)
+            file = written.since(last, checkpoint)
         self.runs.store.write_json(self.runs.checkpoint_key(checkpoint.number), file)
         self._last = written
         self.next += 1
@@ -209,8 +222,7 @@ class _Written(BaseModel):
 
     number: int
     depth: int = Field(description="checkpoints stored as changes since the last whole one")
-    units: list[str]
-    records: dict[str, str]
+    records: dict[str, str] = Field(description="unit id -> record JSON, in the plan's order")
     branches: dict[str, str]
     added: str
 
@@ -219,19 +231,9 @@ class _Written(BaseModel):
         return cls(
             number=checkpoint.number,
             depth=depth,
-            units=list(checkpoint.ledger),
             records={u: r.model_dump_json() for u, r in checkpoint.ledger.items()},
             branches=dict(checkpoint.branches),
             added=checkpoint.added.model_dump_json(),
-        )
-
-    @staticmethod
-    def whole(checkpoint: Checkpoint) -> CheckpointFile:
-        return CheckpointFile(
-            **_head(checkpoint),
-            ledger=checkpoint.ledger,
-            branches=checkpoint.branches,
-            added=checkpoint.added,
         )
 
     def since(self, last: _Written, checkpoint: Checkpoint) -> CheckpointFile:
@@ -239,7 +241,7 @@ class _Written(BaseModel):
         return CheckpointFile(
             **_head(checkpoint),
             base=last.number,
-            units=None if self.units == last.units else self.units,
+            units=None if list(self.records) == list(last.records) else list(self.records),
             ledger={u: checkpoint.ledger[u] for u in changed},
             branches={u: sha for u, sha in self.branches.items() if last.branches.get(u) != sha},
             removed_branches=sorted(set(last.branches) - set(self.branches)),

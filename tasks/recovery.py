@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import socket
+from collections.abc import Iterable
 from pathlib import Path
 
 from flotilla.errors import GitError, RunError
@@ -163,9 +164,8 @@ def restore_unit_branches(
 
     A few git processes however many units the run has: one fetch for every lacking branch,
     and one at a time only when the target lacks some of them."""
-    succeeded = [r for r in records if r.status == UnitStatus.SUCCEEDED and r.branch]
-    here = workspace.branch_shas([r.branch for r in succeeded])
-    lacking = [r for r in succeeded if here[r.branch] != r.commit]
+    succeeded = {r.branch: r for r in records if r.status == UnitStatus.SUCCEEDED and r.branch}
+    lacking = [succeeded[b] for b in workspace.branches_not_at(_commits(succeeded.values()))]
     if not lacking:
         return [], []
     try:
@@ -174,7 +174,11 @@ def restore_unit_branches(
         for record in lacking:
             with contextlib.suppress(GitError):
                 workspace.fetch([record.branch])
-    now = workspace.branch_shas([r.branch for r in lacking])
-    restored = [r.unit_id for r in lacking if now[r.branch] == r.commit]
-    missing = [r.unit_id for r in lacking if now[r.branch] != r.commit]
+    still = set(workspace.branches_not_at(_commits(lacking)))
+    restored = [r.unit_id for r in lacking if r.branch not in still]
+    missing = [r.unit_id for r in lacking if r.branch in still]
     return restored, missing
+
+
+def _commits(records: Iterable[UnitRecord]) -> dict[str, str]:
+    return {r.branch: r.commit for r in records}

@@ -137,6 +137,11 @@ class Workspace:
         refs = [f"refs/heads/{b.removeprefix('refs/heads/')}" for b in branches]
         return dict(zip(branches, commits_of(self.clone_dir, refs), strict=True))
 
+    def branches_not_at(self, expected: dict[str, str]) -> list[str]:
+        """The branches (of `expected`: branch -> sha) missing or elsewhere, from one process."""
+        found = self.branch_shas(list(expected))
+        return [b for b, sha in expected.items() if found[b] != sha]
+
     def _resolve(self, revision: str) -> str | None:
         done = run_git(
             self.clone_dir,
@@ -175,7 +180,8 @@ class Workspace:
                     "unit that produces it must finish before this unit can start."
                 )
         shas = cast(dict[str, str], found)
-        start = self._merge_tips(base_commit, dep_branches, shas, message, set(covered))
+        covered = set(covered)
+        start = self._merge_tips(base_commit, dep_branches, shas, message, covered)
         held = [shas[b] for b in dep_branches if b in covered]
         if held and git_out(self.clone_dir, "rev-list", "--max-count=1", *held, "--not", start):
             return self._merge_tips(base_commit, dep_branches, shas, message, set())
