@@ -57,10 +57,14 @@ deploy: $(BIN)/flotilla
 	PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/python -m deployments.setup --automation
 	PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect --no-prompt deploy --all
 
+# WORKER_LIMIT=N: at most N unit flow runs at once on this worker; without it a worker takes
+# every scheduled run it finds, and other machines' workers may get none.
+WORKER_LIMIT ?=
+
 # `python` on the worker's PATH is .venv's: the `unit` deployment runs `python -m prefect.engine`.
 worker: $(BIN)/flotilla
 	PATH="$(abspath $(BIN)):$$PATH" PREFECT_API_URL=$(PREFECT_API_URL) \
-	  $(BIN)/prefect worker start --pool flotilla
+	  $(BIN)/prefect worker start --pool flotilla $(if $(WORKER_LIMIT),--limit $(WORKER_LIMIT))
 
 # 20 to 30 minutes on 2 cores; each module writes benchmarks/results/<name>.json and its part of
 # docs/performance.md, and the summary puts their headline numbers side by side.
