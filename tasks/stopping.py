@@ -186,6 +186,9 @@ class RunGuard:
         """Kill the agents, note the stop in the run's summary, say how to resume, leave."""
         if not self._stopping.acquire(blocking=False):
             return
+        # The stop line must be the run's last: a unit that sees its agent killed would log
+        # Prefect's "Task run failed" after it (it did not fail; `_note_stop` says so).
+        logging.disable(logging.CRITICAL)
         in_flight: list = []
         _bounded(lambda: in_flight.extend(_units_in_flight(self.store_url, self.run_key)), 2.0)
         killed = kill_children() + kill_orphans(Path(self.workdir))
