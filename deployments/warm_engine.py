@@ -54,6 +54,7 @@ PER_RUN_PREFIX = "PREFECT__"  # set by the worker for each flow run; not Prefect
 ANSWER_TIMEOUT_S = 10.0
 SERVER_START_S = 60.0  # a cold engine on a busy machine can take as long to import
 ENGINE = "prefect.engine"
+RELAYED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # what the command passes on
 WARM_MODULES = (  # what `python -m prefect.engine` imports on its way to a unit's first line
     "prefect.engine",
     "prefect.flow_engine",
@@ -211,6 +212,9 @@ def _run_warm(conn: socket.socket, argv: list[str]) -> None:
     way. Returns only if the server did not take the flow run (stale, gone or stuck)."""
     body = json.dumps({"argv": argv, "env": dict(os.environ), "cwd": os.getcwd()}).encode()
     lines = _Lines(conn)
+    # From the request on, a signal waits until there is an engine to pass it to: the engine
+    # can print (and the worker signal) before the server's "pid" answer reaches this process.
+    signal.pthread_sigmask(signal.SIG_BLOCK, RELAYED)
     try:
         socket.send_fds(conn, [struct.pack("!Q", len(body))], [0, 1, 2])
         conn.sendall(body)
@@ -220,6 +224,7 @@ def _run_warm(conn: socket.socket, argv: list[str]) -> None:
     how, _, value = answer.partition(" ")
     if how != "pid":
         conn.close()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, RELAYED)  # one that came ends us, as cold
         return
     engine = int(value)
 
@@ -227,8 +232,9 @@ def _run_warm(conn: socket.socket, argv: list[str]) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(engine, signum)
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in RELAYED:
         signal.signal(sig, relay)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, RELAYED)
     conn.settimeout(None)
     how, _, value = lines.next().partition(" ")
     if how == "signal":
@@ -444,7 +450,11 @@ def _become_engine(engine: str, conn: socket.socket, fds: list[int], request: di
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
+    # The watcher blocks every signal, so the engine's signals reach its main thread as in a cold
+    # engine: one the kernel gave this thread would leave the main thread asleep, unhandled.
+    unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     threading.Thread(target=_die_with_command, args=(conn,), daemon=True).start()
+    signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
     sys.argv = [engine, *request["argv"]]
     sys.modules.pop(engine, None)  # run afresh as __main__; what it imports stays warm
     runpy.run_module(engine, run_name="__main__", alter_sys=True)

@@ -123,6 +123,34 @@ def test_a_sigterm_to_the_command_reaches_the_engine(worker: Worker) -> None:
     assert command.returncode == 7, "the engine's own answer to SIGTERM decides the exit code"
 
 
+def test_the_engines_signals_reach_its_main_thread(worker: Worker) -> None:
+    """The engine's watcher thread blocks every signal: were the kernel to give it the SIGTERM
+    the command passes on, the engine's main thread would sleep on, the signal unhandled."""
+    worker.serve()
+    command = worker.command("wait")
+    engine, helper = map(int, command.stdout.readline().split()[1:])
+    try:
+        blocked = {
+            int(tid): _blocked_signals(engine, int(tid))
+            for tid in os.listdir(f"/proc/{engine}/task")
+        }
+    finally:
+        command.kill()
+        os.kill(helper, signal.SIGKILL)
+    assert signal.SIGTERM not in blocked.pop(engine), "the main thread takes the signals"
+    assert blocked, "the engine watches its command from a thread of its own"
+    for tid, mask in blocked.items():
+        assert {signal.SIGTERM, signal.SIGINT, signal.SIGHUP} <= mask, f"thread {tid} takes signals"
+
+
+def _blocked_signals(pid: int, tid: int) -> set[int]:
+    status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+    mask = int(
+        next(line.split()[1] for line in status.splitlines() if line.startswith("SigBlk:")), 16
+    )
+    return {number for number in range(1, 65) if mask >> (number - 1) & 1}
+
+
 def test_killing_the_command_kills_its_engine_and_what_the_engine_started(worker: Worker) -> None:
     worker.serve()
     command = worker.command("wait")
