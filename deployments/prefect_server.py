@@ -16,7 +16,8 @@ itself, but Prefect 3.8's scheduler does not run on 2.1.
     python -m deployments.prefect_server uvicorn --factory prefect.server.api.server:create_app …
 
 `make server` and `deployments/local.py` start their servers the first way. The temporary server
-Prefect starts when no API is set gets the second through `start_temporary_servers_here()`.
+Prefect starts when no API is set gets the second through `start_temporary_servers_here()`, with
+the temporary server's own settings (`flotilla/server_settings.py`).
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ from __future__ import annotations
 import contextlib
 import importlib.abc
 import importlib.util
+import os
 import runpy
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+
+from flotilla.server_settings import temporary_server_env
 
 TEMPORARY_SERVER_MODULE = "prefect.server.api.server"
 
@@ -94,6 +98,7 @@ def _launch_through_here(module: ModuleType) -> None:
         def popen(args, **kwargs):
             if list(args[1:3]) == ["-m", "uvicorn"]:
                 args = [args[0], "-m", __name__, "uvicorn", *args[3:]]
+                kwargs["env"] = temporary_server_env(kwargs.get("env") or os.environ)
             return real_popen(args, **kwargs)
 
         module.subprocess = _WithPopen(module.subprocess, popen)

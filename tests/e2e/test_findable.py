@@ -169,6 +169,18 @@ def test_runs_are_named_and_tagged_and_each_unit_shows_its_diff(tmp_path, capsys
         text = latest_artifact(f"{feature}-{kind}")
         assert "file://" not in text and f"flotilla artifacts {key} --" in text, kind
 
+    # All of the above is what the server records; the temporary server of a run stores no
+    # event feed besides (flotilla/server_settings.py), which was a third of its CPU.
+    assert stored_events_of(implement) == []
+
+
+def stored_events_of(flow_run: FlowRun) -> list[dict]:
+    resource = {"id": [f"prefect.flow-run.{flow_run.id}"]}
+    with get_client(sync_client=True) as client:
+        answer = client._client.post("/events/filter", json={"filter": {"any_resource": resource}})
+    answer.raise_for_status()
+    return answer.json()["events"]
+
 
 def test_unit_tags_leave_no_slot_queue_behind(tmp_path):
     """Prefect keeps a slot-acquisition queue (a thread, an HTTP client) per set of task-run

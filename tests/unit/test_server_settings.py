@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from flotilla.server_settings import SERVER_SETTINGS, use_server_settings
+from flotilla.server_settings import SERVER_SETTINGS, temporary_server_env, use_server_settings
 
 
 def test_prefect_reads_them_as_a_recorder_that_writes_in_batches(
@@ -25,6 +25,18 @@ def test_prefect_reads_them_as_a_recorder_that_writes_in_batches(
     assert server.services.task_run_recorder.batch_size == 100
     assert server.services.task_run_recorder.flush_interval == 1
     assert server.analytics_enabled is False
+
+
+def test_a_temporary_server_stores_no_event_feed_unless_the_operator_asks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in temporary_server_env({}).items():
+        monkeypatch.setenv(name, value)
+    from prefect.settings import Settings
+
+    assert Settings().server.services.event_persister.enabled is False
+    asked = {"PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED": "true", "HOME": "/home/lead"}
+    assert temporary_server_env(asked) == asked
 
 
 def test_what_the_operator_set_wins() -> None:
