@@ -86,3 +86,13 @@ def test_the_chain_through_the_cli_has_a_line_and_a_summary_row() -> None:
         "81 s, 269 ms/unit (exit 0)",
         "",
     )
+
+
+def test_repeated_end_to_end_runs_report_their_median_and_range() -> None:
+    result = copy.deepcopy(RESULT)
+    result["fixed_cost"]["end_to_end"][0]["ratios"] = [3.9, 3.54, 2.8]
+
+    line = next(t for t in section(result).splitlines() if t.startswith("- as built"))
+    assert "= **3.54×**, the median of 3 runs (2.80–3.90×) (before: 33.99×);" in line
+    (dag,) = [r for r in rows(result, {}, {}) if r[0].startswith("seed 0's 200-unit DAG")]
+    assert dag[1].startswith("3.54× (20.8 s / 5.89 s, the median of 3 runs: 2.80–3.90×; its CPU")
