@@ -24,6 +24,7 @@ from pathlib import Path
 
 import networkx as nx
 from prefect import flow, get_run_logger, tags
+from prefect.utilities.annotations import quote
 
 from flotilla.errors import GitError, RunError
 from flotilla.plan import Plan
@@ -67,7 +68,7 @@ def unit(
     with tags(*run_tags(job.ctx)):  # the orchestrator holds the unit's class slot
         record = run_unit.with_options(
             task_run_name=unit_task_name(unit_id, "unit"), tags=[unit_tag(unit_id)]
-        )(job)
+        )(quote(job))
     losers = [c.branch for c in record.candidates if c.commit and c.number != record.winner]
     workspace.push([record.branch, *losers])  # best-of: the other candidates' work too
     logger.info("Unit %s succeeded; pushed %s to %s.", unit_id, record.branch, job.ctx.repo)

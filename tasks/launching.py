@@ -44,6 +44,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 from prefect.states import State
+from prefect.utilities.annotations import quote
 from pydantic import BaseModel, Field
 
 from flotilla.errors import GitError, RunError
@@ -110,7 +111,7 @@ class InProcessLauncher:
     def launch(self, job: UnitJob, tags: list[str]) -> cf.Future:
         future = run_unit.with_options(
             task_run_name=unit_task_name(job.unit.id, "unit"), tags=tags
-        ).submit(job)
+        ).submit(quote(job))
         handle = future.wrapped_future
         self._futures[handle] = future
         handle.add_done_callback(lambda done: self._futures.pop(done, None))

@@ -21,6 +21,7 @@ from pathlib import Path
 from prefect import tags, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TagsContext, TaskRunContext
+from prefect.utilities.annotations import quote
 from pydantic import BaseModel, Field
 
 from flotilla.errors import FlotillaError
@@ -281,12 +282,12 @@ class UnitRunner:
             try:
                 step_agent.with_options(
                     name="agent", task_run_name=self.step(f"agent #{iteration}")
-                )(self, invocation)
+                )(quote(self), quote(invocation))
             except AttemptFailed as failed:
                 raise self.stopped_by_budget(worktree, failed) from None
             if self.job.settings.test:
                 tests = step_tests.with_options(name="tests", task_run_name=self.step("tests"))(
-                    self, worktree, log_file
+                    quote(self), worktree, log_file
                 )
                 self.save(tests=tests)
             if tests is None or tests.ok:
