@@ -28,6 +28,7 @@ from prefect.client.schemas.objects import Artifact, FlowRun, TaskRun
 from prefect.concurrency.services import (
     ConcurrencySlotAcquisitionWithLeaseService as AcquisitionQueue,
 )
+from prefect.events.filters import EventAnyResourceFilter, EventFilter
 
 from flotilla.cli import main
 from tasks.store import ArtifactStore, RunStore
@@ -174,12 +175,10 @@ def test_runs_are_named_and_tagged_and_each_unit_shows_its_diff(tmp_path, capsys
     assert stored_events_of(implement) == []
 
 
-def stored_events_of(flow_run: FlowRun) -> list[dict]:
-    resource = {"id": [f"prefect.flow-run.{flow_run.id}"]}
+def stored_events_of(flow_run: FlowRun) -> list:
+    about = EventAnyResourceFilter(id=[f"prefect.flow-run.{flow_run.id}"])
     with get_client(sync_client=True) as client:
-        answer = client._client.post("/events/filter", json={"filter": {"any_resource": resource}})
-    answer.raise_for_status()
-    return answer.json()["events"]
+        return client.read_events(filter=EventFilter(any_resource=about), limit=50).events
 
 
 def test_unit_tags_leave_no_slot_queue_behind(tmp_path):
