@@ -143,13 +143,14 @@ def unit_job(
     tip = workspace.prepare()
     base = base_commit or next((r.base_commit for r in ledger.values() if r.base_commit), tip)
     unit_of = {ctx.unit_branch(d): d for d in deps}
-    missing = workspace.branches_not_at({b: ledger[d].commit for b, d in unit_of.items()})
+    expected = {branch: ledger[d].commit for branch, d in unit_of.items()}
+    missing = workspace.branches_not_at(expected)
     workspace.fetch(missing)
-    if still := workspace.branches_not_at({b: ledger[unit_of[b]].commit for b in missing}):
-        d = unit_of[still[0]]
+    if still := workspace.branches_not_at({b: expected[b] for b in missing}):
+        branch, d = still[0], unit_of[still[0]]
         raise RunError(
-            f"The branch {ctx.unit_branch(d)} in {ctx.repo} is not at unit {d!r}'s commit "
-            f"{ledger[d].commit[:12]} from the ledger. Run unit {d!r} again, or push its "
+            f"The branch {branch} in {ctx.repo} is not at unit {d!r}'s commit "
+            f"{expected[branch][:12]} from the ledger. Run unit {d!r} again, or push its "
             "branch to the target."
         )
     settings = plan.settings[unit_id]

@@ -324,7 +324,7 @@ class UnitRunner:
                 self.job.base_commit,
                 self.job.dep_branches,
                 f"Start of unit {self.unit.id}",
-                covered=set(self.job.covered_branches),
+                covered=self.job.covered_branches,
             )
             self.note(start_commit=start)
             return self.workspace.create_worktree(self.record.branch, start)
